@@ -1,0 +1,173 @@
+"""The event log port: the one contract every backend (SQLite, PostgreSQL, KurrentDB) fulfils.
+
+Positions:
+- a stream position counts the events of one stream from 0;
+- a global position orders every event of the log; it only grows, but need not be dense
+  (KurrentDB commit positions jump, deleted events leave holes).
+`read_all(after=p)` and `subscribe(after=p)` return events whose global position is strictly greater
+than `p`; `START` (-1) means from the very beginning, so a checkpoint is simply the last position seen.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+START = -1
+"""Read or subscribe from before the first event."""
+
+
+class ExpectedVersion(enum.Enum):
+    """What the appender expects of the stream, besides an exact version (an int)."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+
+
+Expected = ExpectedVersion | int
+"""An `ExpectedVersion`, or the exact stream position of the stream's last event."""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event about to be appended; `id` makes a retried append idempotent."""
+
+    type: str
+    data: bytes
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event as the log stored it."""
+
+    id: uuid.UUID
+    stream: str
+    stream_position: int
+    global_position: int
+    type: str
+    data: bytes
+    metadata: Mapping[str, str]
+    recorded_at: datetime
+
+    @property
+    def category(self) -> str:
+        """The stream's category: the part of the name before the first '-'."""
+        return stream_category(self.stream)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """Where an append landed: the stream position and global position of its last event."""
+
+    stream_position: int
+    global_position: int
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Selects events by stream category and/or event type; empty tuples select everything."""
+
+    categories: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+
+    def matches(self, stream: str, event_type: str) -> bool:
+        """Whether an event of `event_type` in `stream` passes the filter."""
+        if self.categories and stream_category(stream) not in self.categories:
+            return False
+        return not self.event_types or event_type in self.event_types
+
+
+ALL = EventFilter()
+
+
+@dataclass(frozen=True)
+class StreamMetadata:
+    """Retention the backend enforces on one stream (None: unlimited)."""
+
+    max_age: timedelta | None = None
+    max_count: int | None = None
+
+
+class EventStoreError(Exception):
+    """Base of every error the event log raises."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    """The stream was not in the state the appender expected."""
+
+    def __init__(self, stream: str, expected: Expected, actual: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        shown = expected.value if isinstance(expected, ExpectedVersion) else expected
+        super().__init__(f"stream {stream!r}: expected {shown}, actual {actual if actual is not None else 'none'}")
+
+
+class StreamDeleted(EventStoreError):
+    """The stream was deleted for good (tombstoned) and cannot be written again."""
+
+
+class EventStoreUnavailable(EventStoreError):
+    """A transient fault (connection lost, server busy): the caller may retry with backoff."""
+
+
+class EventStore(abc.ABC):
+    """An append-only log of events, grouped into streams, totally ordered by global position."""
+
+    @abc.abstractmethod
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY
+    ) -> AppendResult:
+        """Append atomically; a retry of already-stored event ids returns the original result."""
+
+    @abc.abstractmethod
+    async def read_stream(
+        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream from a stream position (inclusive), forwards or backwards."""
+
+    @abc.abstractmethod
+    async def read_all(
+        self, after: int = START, *, limit: int | None = None, filter: EventFilter = ALL
+    ) -> list[RecordedEvent]:
+        """Events of the whole log after a global position, in global order."""
+
+    @abc.abstractmethod
+    def subscribe(self, after: int = START, *, filter: EventFilter = ALL) -> AsyncIterator[RecordedEvent]:
+        """Catch up from a global position, then follow live appends, forever."""
+
+    @abc.abstractmethod
+    async def delete_stream(self, stream: str) -> None:
+        """Physically remove every event of the stream; later reads do not return them."""
+
+    @abc.abstractmethod
+    async def truncate_stream(self, stream: str, before: int) -> None:
+        """Physically remove the events of the stream whose stream position is below `before`."""
+
+    @abc.abstractmethod
+    async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
+        """Set the retention the backend enforces on the stream."""
+
+    @abc.abstractmethod
+    async def get_stream_metadata(self, stream: str) -> StreamMetadata:
+        """The retention set on the stream (unlimited when none)."""
+
+    @abc.abstractmethod
+    async def head_position(self) -> int:
+        """The global position of the newest event, or START when the log is empty."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+
+def stream_category(stream: str) -> str:
+    """`profile-abc` → `profile`; a stream without '-' is its own category."""
+    return stream.split("-", 1)[0]
