@@ -1,0 +1,69 @@
+"""The event log: the port, and `open_event_store` choosing an adapter by URL."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from cdp.eventlog.common import EventIdConflict
+from cdp.eventlog.port import (
+    ALL,
+    START,
+    AppendResult,
+    EventFilter,
+    EventStore,
+    EventStoreError,
+    EventStoreUnavailable,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamDeleted,
+    StreamMetadata,
+    WrongExpectedVersion,
+    stream_category,
+)
+
+__all__ = [
+    "ALL",
+    "START",
+    "AppendResult",
+    "EventFilter",
+    "EventIdConflict",
+    "EventStore",
+    "EventStoreError",
+    "EventStoreUnavailable",
+    "Expected",
+    "ExpectedVersion",
+    "NewEvent",
+    "RecordedEvent",
+    "StreamDeleted",
+    "StreamMetadata",
+    "WrongExpectedVersion",
+    "open_event_store",
+    "sqlite_path",
+    "stream_category",
+]
+
+
+def open_event_store(url: str) -> EventStore:
+    """The adapter a URL names; connections are opened lazily, on first use."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory" or url.startswith("sqlite://:memory:"):
+        from cdp.eventlog.memory import InMemoryEventStore
+
+        return InMemoryEventStore()
+    raise ValueError(
+        f"unknown event store URL scheme {scheme!r} in {url!r}: "
+        "use sqlite:///path.db, memory://, postgresql://… or kurrentdb://host:2113?tls=false"
+    )
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///rel/path.db` → `rel/path.db`; `sqlite:////abs/path.db` → `/abs/path.db`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(
+            f"a SQLite event store URL looks like sqlite:///relative.db or sqlite:////abs.db: {url!r}"
+        )
+    path = url[len(prefix) :].split("?", 1)[0]
+    return path

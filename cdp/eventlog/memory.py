@@ -1,0 +1,203 @@
+"""An in-memory event store for unit tests and demos: same semantics as the durable adapters, no I/O."""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cdp.eventlog.common import (
+    ChangeSignal,
+    check_batch,
+    check_expected,
+    first_visible_position,
+    follow,
+    oldest_visible_time,
+    replayed_result,
+)
+from cdp.eventlog.port import (
+    ALL,
+    START,
+    AppendResult,
+    EventFilter,
+    EventStore,
+    EventStoreError,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamMetadata,
+)
+
+
+@dataclass
+class _Stream:
+    """One stream's state; `last_position` survives a deletion so positions are never reused."""
+
+    last_position: int | None = None
+    exists: bool = False
+    metadata: StreamMetadata = field(default_factory=StreamMetadata)
+    events: list[RecordedEvent] = field(default_factory=list)
+
+    @property
+    def version(self) -> int | None:
+        """The version an appender's expectation is checked against (None: no stream)."""
+        return self.last_position if self.exists else None
+
+
+class InMemoryEventStore(EventStore):
+    """Keeps the log in lists; every operation completes without awaiting, so it is trivially serial."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+        self._log: list[RecordedEvent] = []
+        self._positions: list[int] = []
+        self._ids: dict[uuid.UUID, RecordedEvent] = {}
+        self._next_global = 0
+        self._signal = ChangeSignal()
+        self._closed = False
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY
+    ) -> AppendResult:
+        """Append atomically; a retry of already-stored event ids returns the original result."""
+        self._check_open()
+        check_batch(stream, events)
+        stored = [
+            (r.id, r.stream, r.stream_position, r.global_position)
+            for e in events
+            if (r := self._ids.get(e.id))
+        ]
+        replay = replayed_result(stream, events, stored)
+        if replay is not None:
+            return replay
+        state = self._streams.setdefault(stream, _Stream())
+        check_expected(stream, expected, state.version)
+        recorded = self._record(stream, state, events)
+        self._signal.notify()
+        return AppendResult(recorded[-1].stream_position, recorded[-1].global_position)
+
+    def _record(self, stream: str, state: _Stream, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        """Store the events at the next stream and global positions."""
+        start = 0 if state.last_position is None else state.last_position + 1
+        now = datetime.now(UTC)
+        recorded = [
+            RecordedEvent(
+                e.id, stream, start + i, self._next_global + i, e.type, e.data, dict(e.metadata), now
+            )
+            for i, e in enumerate(events)
+        ]
+        self._next_global += len(recorded)
+        state.last_position, state.exists = recorded[-1].stream_position, True
+        state.events.extend(recorded)
+        self._log.extend(recorded)
+        self._positions.extend(r.global_position for r in recorded)
+        self._ids.update((r.id, r) for r in recorded)
+        return recorded
+
+    async def read_stream(
+        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream from a stream position (inclusive), forwards or backwards."""
+        self._check_open()
+        state = self._streams.get(stream)
+        if state is None:
+            return []
+        visible = [e for e in state.events if self._visible(e, state, datetime.now(UTC))]
+        if backwards:
+            selected = [e for e in reversed(visible) if e.stream_position <= from_position]
+        else:
+            selected = [e for e in visible if e.stream_position >= from_position]
+        return selected if limit is None else selected[:limit]
+
+    async def read_all(
+        self, after: int = START, *, limit: int | None = None, filter: EventFilter = ALL
+    ) -> list[RecordedEvent]:
+        """Events of the whole log after a global position, in global order."""
+        events, _ = await self._page(after, limit, filter)
+        return events
+
+    async def _page(
+        self, after: int, limit: int | None, event_filter: EventFilter
+    ) -> tuple[list[RecordedEvent], int]:
+        """Matching events after `after`, and the position examined up to."""
+        self._check_open()
+        now = datetime.now(UTC)
+        selected: list[RecordedEvent] = []
+        examined = max(after, self._positions[-1] if self._positions else START)
+        for event in self._log[bisect.bisect_right(self._positions, after) :]:
+            if event_filter.matches(event.stream, event.type) and self._visible(
+                event, self._streams[event.stream], now
+            ):
+                selected.append(event)
+                if limit is not None and len(selected) >= limit:
+                    return selected, event.global_position
+        return selected, examined
+
+    def subscribe(self, after: int = START, *, filter: EventFilter = ALL) -> AsyncIterator[RecordedEvent]:
+        """Catch up from a global position, then follow live appends, forever."""
+        return follow(self._page, self._signal, after, filter)
+
+    async def delete_stream(self, stream: str) -> None:
+        """Remove every event of the stream; a later append recreates it after the old last position."""
+        self._check_open()
+        state = self._streams.get(stream)
+        if state is None:
+            return
+        self._forget(state.events)
+        state.events, state.exists = [], False
+
+    async def truncate_stream(self, stream: str, before: int) -> None:
+        """Remove the events of the stream whose stream position is below `before`."""
+        self._check_open()
+        state = self._streams.get(stream)
+        if state is None:
+            return
+        self._forget([e for e in state.events if e.stream_position < before])
+        state.events = [e for e in state.events if e.stream_position >= before]
+
+    def _forget(self, events: list[RecordedEvent]) -> None:
+        """Drop events from the global log and the id index."""
+        gone = {e.global_position for e in events}
+        if not gone:
+            return
+        for event in events:
+            del self._ids[event.id]
+        self._log = [e for e in self._log if e.global_position not in gone]
+        self._positions = [e.global_position for e in self._log]
+
+    async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
+        """Set the retention enforced on the stream's reads."""
+        self._check_open()
+        self._streams.setdefault(stream, _Stream()).metadata = metadata
+
+    async def get_stream_metadata(self, stream: str) -> StreamMetadata:
+        """The retention set on the stream (unlimited when none)."""
+        self._check_open()
+        state = self._streams.get(stream)
+        return state.metadata if state is not None else StreamMetadata()
+
+    async def head_position(self) -> int:
+        """The global position of the newest stored event, or START when the log is empty."""
+        self._check_open()
+        return self._positions[-1] if self._positions else START
+
+    async def close(self) -> None:
+        """Mark the store closed and wake subscribers."""
+        self._closed = True
+        self._signal.notify()
+
+    @staticmethod
+    def _visible(event: RecordedEvent, state: _Stream, now: datetime) -> bool:
+        """Whether the stream's max_count / max_age let readers see the event."""
+        if event.stream_position < first_visible_position(state.last_position, state.metadata):
+            return False
+        cutoff = oldest_visible_time(state.metadata, now)
+        return cutoff is None or event.recorded_at >= cutoff
+
+    def _check_open(self) -> None:
+        """Refuse use after close()."""
+        if self._closed:
+            raise EventStoreError("the event store is closed")
