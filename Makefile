@@ -1,0 +1,65 @@
+# The two commands a fresh clone needs: `make up` (run the platform) and `make test` (run the tests).
+# Every target installs what it needs first: the virtualenv, pinned dependencies, generated gRPC code.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMPS := .stamps
+PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+
+.PHONY: setup protos up down status logs demo test test-fast lint format bench clean help
+
+help:
+	@echo "make up | down | status | logs | test | lint | bench | protos | clean"
+
+setup: $(STAMPS)/deps $(STAMPS)/protos
+
+$(STAMPS)/deps: pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@mkdir -p $(STAMPS) && touch $@
+
+# Generated code is not committed: it is produced here, from protos/, whenever a .proto changes.
+$(STAMPS)/protos: $(STAMPS)/deps $(PROTOS) tools/gen_protos.py
+	$(PY) tools/gen_protos.py
+	@touch $@
+
+protos: $(STAMPS)/deps
+	$(PY) tools/gen_protos.py
+	@mkdir -p $(STAMPS) && touch $(STAMPS)/protos
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+up: setup
+	$(PY) -m cdp.cli up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m cdp.cli down; else echo "nothing was running"; fi
+
+status: setup
+	@$(PY) -m cdp.cli status
+
+logs:
+	@mkdir -p data/logs && tail -n 40 -F data/logs/*.log
+
+test: setup node_modules/.package-lock.json
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup node_modules/.package-lock.json
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy cdp services tests bench tools
+	npx --no-install buf lint
+	npx --no-install buf format -d --exit-code
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) -m bench.eventlog
+
+clean: down
+	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance

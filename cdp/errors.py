@@ -1,0 +1,74 @@
+"""Errors the domain and use cases raise; they know nothing of gRPC or HTTP.
+
+Each edge (gRPC in `cdp.runtime.errors`, HTTP in ingest) maps them to its status codes in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field: its path in the request (`batch[3].messageId`) and why."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error meant to reach a caller."""
+
+
+class InvalidInput(DomainError):
+    """The request is malformed; the violations name each bad field."""
+
+    def __init__(self, violations: Iterable[FieldViolation] | FieldViolation) -> None:
+        self.violations = [violations] if isinstance(violations, FieldViolation) else list(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidInput:
+        """An error about a single field."""
+        return cls(FieldViolation(field, description))
+
+
+class NotFound(DomainError):
+    """What the request names does not exist."""
+
+
+class AlreadyExists(DomainError):
+    """What the request would create exists already."""
+
+
+class Conflict(DomainError):
+    """The request lost a race or contradicts the current state; retrying after a re-read may succeed."""
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials nobody recognises."""
+
+
+class PermissionDenied(DomainError):
+    """Valid credentials that do not allow this call."""
+
+
+class ResourceExhausted(DomainError):
+    """A limit was reached (size, rate); `retry_after` seconds may help."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Unavailable(DomainError):
+    """A dependency is down for now; the caller may retry with backoff."""
+
+
+class NotBuiltYet(DomainError):
+    """A capability a later issue builds; the only placeholder allowed, removed by that issue."""
+
+    def __init__(self, capability: str) -> None:
+        self.capability = capability
+        super().__init__(f"not implemented yet: {capability}")

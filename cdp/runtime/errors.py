@@ -1,0 +1,66 @@
+"""Domain errors → gRPC status, in one place, at the edge."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from cdp import errors
+
+_CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
+    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Conflict, grpc.StatusCode.ABORTED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotBuiltYet, grpc.StatusCode.UNIMPLEMENTED),
+]
+
+
+def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
+    """The gRPC status code a domain error travels as."""
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def to_grpc_status(error: errors.DomainError) -> grpc.Status:
+    """A rich status: code, message and, for invalid input, `google.rpc.BadRequest` field violations."""
+    code = status_code_of(error)
+    details: list[any_pb2.Any] = []
+    if isinstance(error, errors.InvalidInput):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
+    return rpc_status.to_status(status)
+
+
+def field_violations(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> list[tuple[str, str]]:
+    """The `(field, description)` pairs a client finds in a rich INVALID_ARGUMENT status."""
+    status = rpc_status.from_call(call_error)  # type: ignore[arg-type]
+    found: list[tuple[str, str]] = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found.extend((v.field, v.description) for v in bad_request.field_violations)
+    return found
