@@ -1,0 +1,176 @@
+"""The keyring: per-subject data keys, field encryption, and crypto-shredding."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from cdp.keyring import cipher
+from cdp.keyring.cache import KeyCache, SubjectKeys
+from cdp.keyring.errors import DecryptionFailed, SubjectErased
+from cdp.keyring.master import MasterKeys
+from cdp.keyring.store import KeyStore, StoredSubject, WrappedKey
+from cdp.keyring.subjects import check_subject_id
+
+FIRST_VERSION = 1
+
+
+class Keyring:
+    """Encrypts and decrypts per subject; `shred` makes a subject's data unreadable everywhere, for good.
+
+    Methods that may touch the key store block; asyncio callers `await prefetch(subjects)` first (one
+    transaction in a worker thread), after which encrypt/decrypt of those subjects are pure CPU while cached.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        master: MasterKeys,
+        *,
+        cache_ttl: float = 60.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._master = master
+        self._cache = KeyCache(cache_ttl, cache_size, clock)
+
+    def data_keys(self, subjects: Iterable[str]) -> dict[str, SubjectKeys]:
+        """Keys of many subjects, creating missing ones, with at most one read and one write transaction."""
+        wanted = [check_subject_id(s) for s in dict.fromkeys(subjects)]
+        found = {s: keys for s in wanted if (keys := self._cache.get(s)) is not None}
+        missing = [s for s in wanted if s not in found]
+        if missing:
+            stored = self._store.fetch(missing)
+            absent = [s for s in missing if s not in stored]
+            if absent:
+                stored.update(self._store.create({s: self._new_key(s) for s in absent}))
+            found.update(self._remember(stored))
+        return found
+
+    async def prefetch(self, subjects: Iterable[str]) -> dict[str, SubjectKeys]:
+        """`data_keys` in a worker thread, for asyncio callers about to encrypt a batch."""
+        return await asyncio.to_thread(self.data_keys, list(subjects))
+
+    def encrypt(self, subject: str, plaintext: bytes, *, aad: bytes = b"") -> bytes:
+        """Seal bytes under the subject's current key; SubjectErased if the subject was shredded."""
+        keys = self.data_keys([subject])[subject]
+        version = keys.current_version
+        return cipher.seal(keys.keys[version], version, subject, plaintext, aad)
+
+    def decrypt(self, subject: str, ciphertext: bytes, *, aad: bytes = b"") -> bytes:
+        """Open bytes sealed for this subject and aad; SubjectErased once shredded, else DecryptionFailed."""
+        version = cipher.key_version(ciphertext)
+        key = self._existing_keys(subject).key(version)
+        if key is None:
+            raise DecryptionFailed(f"no data key version {version} for this subject")
+        return cipher.open_sealed(key, subject, ciphertext, aad)
+
+    def encrypt_value(self, subject: str, value: Any, *, context: str) -> str:
+        """A JSON-able value sealed and base64-encoded, for a string field of an event."""
+        plaintext = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return base64.b64encode(self.encrypt(subject, plaintext, aad=context.encode())).decode("ascii")
+
+    def decrypt_value(self, subject: str, token: str, *, context: str) -> Any:
+        """The JSON value `encrypt_value` sealed with the same subject and context."""
+        try:
+            ciphertext = base64.b64decode(token, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise DecryptionFailed("encrypted value is not base64") from error
+        return json.loads(self.decrypt(subject, ciphertext, aad=context.encode()))
+
+    def encrypt_fields(
+        self, subject: str, mapping: Mapping[str, Any], fields: Iterable[str], *, context: str
+    ) -> dict[str, Any]:
+        """A copy of `mapping` with each named field present replaced by its ciphertext (bound to its name)."""
+        result = dict(mapping)
+        for name in fields:
+            if name in result:
+                result[name] = self.encrypt_value(subject, result[name], context=f"{context}#{name}")
+        return result
+
+    def decrypt_fields(
+        self, subject: str, mapping: Mapping[str, Any], fields: Iterable[str], *, context: str
+    ) -> dict[str, Any]:
+        """The inverse of `encrypt_fields`."""
+        result = dict(mapping)
+        for name in fields:
+            if name in result:
+                result[name] = self.decrypt_value(subject, result[name], context=f"{context}#{name}")
+        return result
+
+    def shred(self, subject: str) -> None:
+        """Destroy the subject's keys and leave a tombstone; data sealed for it is unreadable from now on."""
+        self._store.shred(check_subject_id(subject))
+        self._cache.evict(subject)
+
+    def is_erased(self, subject: str) -> bool:
+        """Whether the subject was shredded (consults the store unless the answer is cached)."""
+        cached = self._cache.get(subject)
+        if cached is not None:
+            return cached.erased
+        stored = self._store.fetch([check_subject_id(subject)]).get(subject)
+        return stored is not None and stored.erased
+
+    def evict(self, subject: str) -> None:
+        """Drop a subject's cached keys; services call this when a SubjectErased event arrives."""
+        self._cache.evict(subject)
+
+    def rewrap(self, batch_size: int = 500) -> int:
+        """Re-wrap every key still under a retired master key with the current one; returns how many."""
+        current = self._master.current
+        done = 0
+        while batch := self._store.wrapped_by_other(current.key_id, batch_size):
+            for subject, old in batch:
+                data_key = cipher.unwrap(
+                    self._master.get(old.master_key_id), subject, old.version, old.wrapped
+                )
+                new = WrappedKey(
+                    old.version, current.key_id, cipher.wrap(current, subject, old.version, data_key)
+                )
+                self._store.replace_wrapping(subject, old, new)
+                done += 1
+        return done
+
+    def close(self) -> None:
+        """Forget cached keys and release the store."""
+        self._cache.clear()
+        self._store.close()
+
+    def _existing_keys(self, subject: str) -> SubjectKeys:
+        """Keys for reading: never creates a key (reading cannot need one that was never made)."""
+        cached = self._cache.get(check_subject_id(subject))
+        if cached is not None:
+            return cached
+        stored = self._store.fetch([subject]).get(subject)
+        if stored is None:
+            raise DecryptionFailed("this subject has no data key")
+        return self._remember({subject: stored})[subject]
+
+    def _new_key(self, subject: str) -> WrappedKey:
+        """A fresh data key wrapped by the current master key."""
+        current = self._master.current
+        wrapped = cipher.wrap(current, subject, FIRST_VERSION, cipher.new_data_key())
+        return WrappedKey(FIRST_VERSION, current.key_id, wrapped)
+
+    def _remember(self, stored: Mapping[str, StoredSubject]) -> dict[str, SubjectKeys]:
+        """Unwrap stored keys and cache them (erasure is permanent, so caching it is safe too)."""
+        result = {subject: self._unwrap(subject, state) for subject, state in stored.items()}
+        for keys in result.values():
+            self._cache.put(keys)
+        return result
+
+    def _unwrap(self, subject: str, state: StoredSubject) -> SubjectKeys:
+        """Unwrap each version with the master key that wrapped it."""
+        if state.erased:
+            return SubjectKeys(subject, erased=True)
+        keys = {
+            k.version: cipher.unwrap(self._master.get(k.master_key_id), subject, k.version, k.wrapped)
+            for k in state.keys
+        }
+        return SubjectKeys(subject, keys=keys)

@@ -1,0 +1,210 @@
+"""The SQL key store (SQLAlchemy 2, sync): SQLite for one machine, PostgreSQL for a cluster.
+
+Sync SQLAlchemy because key look-ups are rare (a cache sits in front) and batched; async callers hop to a
+worker thread (`Keyring.prefetch`). No extra driver is needed: pysqlite and psycopg 3 are already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    exc,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cdp.keyring.store import ERASED, KeyStore, StoredSubject, WrappedKey
+
+_CHUNK = 500
+
+
+class SqlKeyStore(KeyStore):
+    """Wrapped keys in `<prefix>data_keys`, tombstones in `<prefix>erasures`."""
+
+    def __init__(self, url: str, *, table_prefix: str = "keyring_") -> None:
+        self.engine = create_keyring_engine(url)
+        self.metadata = MetaData()
+        self._keys = Table(
+            f"{table_prefix}data_keys",
+            self.metadata,
+            Column("subject_id", String(64), primary_key=True),
+            Column("version", Integer, primary_key=True),
+            Column("master_key_id", String(32), nullable=False),
+            Column("wrapped_key", LargeBinary, nullable=False),
+            Column("created_at", DateTime(timezone=True), nullable=False),
+        )
+        self._erasures = Table(
+            f"{table_prefix}erasures",
+            self.metadata,
+            Column("subject_id", String(64), primary_key=True),
+            Column("erased_at", DateTime(timezone=True), nullable=False),
+        )
+        self._create_tables()
+
+    def fetch(self, subjects: Sequence[str]) -> dict[str, StoredSubject]:
+        """Keys first, tombstones second: if a shred lands in between, the tombstone still wins."""
+        with self.engine.connect() as conn, conn.begin():
+            return self._read(conn, list(dict.fromkeys(subjects)))
+
+    def create(self, keys: Mapping[str, WrappedKey]) -> dict[str, StoredSubject]:
+        """Insert-or-ignore, drop what a tombstone forbids, re-read: every process converges on one key."""
+        subjects = list(keys)
+        with self._write() as conn:
+            now = datetime.now(UTC)
+            for chunk in _chunks(subjects):
+                conn.execute(self._insert_ignore(), [_key_row(s, keys[s], now) for s in chunk])
+            erased = self._erased(conn, subjects)
+            for chunk in _chunks(sorted(erased)):
+                conn.execute(delete(self._keys).where(self._keys.c.subject_id.in_(chunk)))
+            return self._read(conn, subjects)
+
+    def shred(self, subject: str) -> None:
+        """Delete key rows and write the tombstone in one transaction that excludes concurrent creators."""
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Waits for in-flight creators and blocks new ones, so no key can slip in beside the tombstone.
+                conn.exec_driver_sql(f"LOCK TABLE {self._keys.name} IN SHARE ROW EXCLUSIVE MODE")
+            conn.execute(delete(self._keys).where(self._keys.c.subject_id == subject))
+            tombstone = {"subject_id": subject, "erased_at": datetime.now(UTC)}
+            conn.execute(self._dialect_insert(self._erasures).values(tombstone).on_conflict_do_nothing())
+        if self.engine.dialect.name == "sqlite":
+            self._checkpoint_wal()
+
+    def _checkpoint_wal(self) -> None:
+        """Best effort: fold the WAL into the database and empty it, so old key pages do not linger there."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def wrapped_by_other(self, master_key_id: str, limit: int) -> list[tuple[str, WrappedKey]]:
+        """Keys still wrapped by a retired master key."""
+        query = select(self._keys).where(self._keys.c.master_key_id != master_key_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [(row.subject_id, _wrapped(row)) for row in conn.execute(query)]
+
+    def replace_wrapping(self, subject: str, old: WrappedKey, new: WrappedKey) -> None:
+        """Compare-and-swap on the wrapped bytes, so a shred that happened meanwhile is not undone."""
+        c = self._keys.c
+        change = (
+            update(self._keys)
+            .where(c.subject_id == subject, c.version == old.version, c.wrapped_key == old.wrapped)
+            .values(master_key_id=new.master_key_id, wrapped_key=new.wrapped)
+        )
+        with self._write() as conn:
+            conn.execute(change)
+
+    def close(self) -> None:
+        """Dispose of the connection pool."""
+        self.engine.dispose()
+
+    def _read(self, conn: Connection, subjects: list[str]) -> dict[str, StoredSubject]:
+        """Stored state of each known subject; tombstones override any key rows."""
+        found: dict[str, list[WrappedKey]] = {}
+        for chunk in _chunks(subjects):
+            query = select(self._keys).where(self._keys.c.subject_id.in_(chunk)).order_by("version")
+            for row in conn.execute(query):
+                found.setdefault(row.subject_id, []).append(_wrapped(row))
+        result = {s: StoredSubject(False, tuple(ks)) for s, ks in found.items()}
+        result.update(dict.fromkeys(self._erased(conn, subjects), ERASED))
+        return result
+
+    def _erased(self, conn: Connection, subjects: list[str]) -> set[str]:
+        """Which of `subjects` have a tombstone."""
+        erased: set[str] = set()
+        for chunk in _chunks(subjects):
+            query = select(self._erasures.c.subject_id).where(self._erasures.c.subject_id.in_(chunk))
+            erased.update(conn.scalars(query))
+        return erased
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    def _insert_ignore(self) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING for the engine's dialect."""
+        return self._dialect_insert(self._keys).on_conflict_do_nothing()
+
+    def _dialect_insert(self, table: Table) -> Any:
+        """The dialect's insert construct (both SQLite and PostgreSQL have ON CONFLICT)."""
+        return (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert(table)
+
+    def _create_tables(self) -> None:
+        """Create the tables; two processes starting together may race, and the loser just re-checks."""
+        try:
+            self.metadata.create_all(self.engine)
+        except (exc.OperationalError, exc.ProgrammingError, exc.IntegrityError):
+            self.metadata.create_all(self.engine)
+
+
+def create_keyring_engine(url: str) -> Engine:
+    """An engine for the keyring database; `postgresql://` means psycopg 3."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """WAL for concurrent readers; FULL sync because ciphertext in the log is useless if its key is lost."""
+    # We issue BEGIN ourselves (see _sqlite_begin); pysqlite's implicit transactions would defer the lock.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000", "secure_delete=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """BEGIN IMMEDIATE for writers avoids the deadlock of two readers upgrading to writers."""
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _key_row(subject: str, key: WrappedKey, now: datetime) -> dict[str, object]:
+    """A data_keys row."""
+    return {
+        "subject_id": subject,
+        "version": key.version,
+        "master_key_id": key.master_key_id,
+        "wrapped_key": key.wrapped,
+        "created_at": now,
+    }
+
+
+def _wrapped(row: Any) -> WrappedKey:
+    """A data_keys row as a WrappedKey."""
+    return WrappedKey(row.version, row.master_key_id, bytes(row.wrapped_key))
+
+
+def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
+    """Keep IN-lists and multi-row inserts within every backend's parameter limits."""
+    for start in range(0, len(items), _CHUNK):
+        yield list(items[start : start + _CHUNK])
