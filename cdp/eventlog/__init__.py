@@ -52,6 +52,10 @@ def open_event_store(url: str) -> EventStore:
         from cdp.eventlog.memory import InMemoryEventStore
 
         return InMemoryEventStore()
+    if scheme == "sqlite":
+        from cdp.eventlog.sqlite import SQLiteEventStore
+
+        return SQLiteEventStore(sqlite_path(url))
     raise ValueError(
         f"unknown event store URL scheme {scheme!r} in {url!r}: "
         "use sqlite:///path.db, memory://, postgresql://… or kurrentdb://host:2113?tls=false"

@@ -96,14 +96,8 @@ def oldest_visible_time(metadata: StreamMetadata, now: datetime) -> datetime | N
     return None if metadata.max_age is None else now - metadata.max_age
 
 
-def metadata_to_json(metadata: StreamMetadata) -> tuple[float | None, int | None]:
-    """Stream metadata as (max age in seconds, max count) for storage."""
-    age = metadata.max_age.total_seconds() if metadata.max_age is not None else None
-    return age, metadata.max_count
-
-
 def metadata_from_columns(max_age_seconds: float | None, max_count: int | None) -> StreamMetadata:
-    """The inverse of metadata_to_json."""
+    """Stream metadata from stored (max age in seconds, max count)."""
     age = timedelta(seconds=max_age_seconds) if max_age_seconds is not None else None
     return StreamMetadata(max_age=age, max_count=max_count)
 

@@ -1,0 +1,444 @@
+"""The embedded event store: one SQLite file in WAL mode, shared safely by several OS processes.
+
+sqlite3 calls run on worker threads (one writer connection, reader connections, a poller), never on the
+event loop. Appends run in `BEGIN IMMEDIATE` transactions, so writers of every process are serialised by
+SQLite's write lock: idempotency and expected versions hold across processes, and a global position becomes
+visible only after every smaller one has committed, so a tailing reader never skips an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from cdp.eventlog.common import (
+    ChangeSignal,
+    check_batch,
+    check_expected,
+    decode_metadata,
+    encode_metadata,
+    follow,
+    metadata_from_columns,
+    replayed_result,
+)
+from cdp.eventlog.port import (
+    ALL,
+    START,
+    AppendResult,
+    EventFilter,
+    EventStore,
+    EventStoreError,
+    EventStoreUnavailable,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamMetadata,
+    stream_category,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id BLOB NOT NULL UNIQUE,
+    stream TEXT NOT NULL,
+    category TEXT NOT NULL,
+    stream_position INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    UNIQUE (stream, stream_position)
+);
+CREATE INDEX IF NOT EXISTS events_by_category ON events (category, global_position);
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY,
+    last_position INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    max_age REAL,
+    max_count INTEGER
+);
+"""
+"""`recorded_at` is microseconds since the epoch. AUTOINCREMENT keeps a deleted newest position from being
+reused, which would hide a later event from a subscriber already past it. `streams.last_position` survives
+deletion so stream positions are never reused either."""
+
+_COLUMNS = (
+    "e.event_id, e.stream, e.stream_position, e.global_position, e.type, e.data, e.metadata, e.recorded_at"
+)
+
+_VISIBLE = """
+    (s.max_count IS NULL OR e.stream_position > s.last_position - s.max_count)
+    AND (s.max_age IS NULL OR e.recorded_at >= :now - CAST(s.max_age * 1000000 AS INTEGER))
+"""
+"""Retention: max_count keeps the newest positions, max_age the recent events (read even before pruning)."""
+
+
+def _now_us() -> int:
+    """Microseconds since the epoch."""
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
+    """A selected `_COLUMNS` row as a RecordedEvent."""
+    event_id, stream, stream_position, global_position, type_, data, metadata, recorded_at = row
+    return RecordedEvent(
+        id=uuid.UUID(bytes=event_id),
+        stream=stream,
+        stream_position=stream_position,
+        global_position=global_position,
+        type=type_,
+        data=data,
+        metadata=decode_metadata(metadata),
+        recorded_at=datetime.fromtimestamp(recorded_at / 1_000_000, UTC),
+    )
+
+
+def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, schema ensured."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode survives an application crash; only an OS crash may lose the last commits.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+# -- statements run on a worker thread, each given that thread's connection ------------------------------
+
+
+def _append(
+    conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent], expected: Expected
+) -> AppendResult:
+    """Check idempotency and the expected version, then insert the batch, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = _append_in_transaction(conn, stream, events, expected)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _append_in_transaction(
+    conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent], expected: Expected
+) -> AppendResult:
+    """The body of `_append`."""
+    replay = replayed_result(stream, events, _stored(conn, events))
+    if replay is not None:
+        return replay
+    row = conn.execute(
+        "SELECT last_position, deleted, max_age, max_count FROM streams WHERE stream = ?", (stream,)
+    ).fetchone()
+    last, deleted, max_age, max_count = row if row is not None else (None, 0, None, None)
+    check_expected(stream, expected, None if deleted else last)
+    start = 0 if last is None else last + 1
+    now = _now_us()
+    category = stream_category(stream)
+    conn.executemany(
+        "INSERT INTO events (event_id, stream, category, stream_position, type, data, metadata, recorded_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (e.id.bytes, stream, category, start + i, e.type, e.data, encode_metadata(e.metadata), now)
+            for i, e in enumerate(events)
+        ],
+    )
+    global_last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    new_last = start + len(events) - 1
+    conn.execute(
+        "INSERT INTO streams (stream, last_position, deleted) VALUES (?, ?, 0)"
+        " ON CONFLICT (stream) DO UPDATE SET last_position = excluded.last_position, deleted = 0",
+        (stream, new_last),
+    )
+    if max_age is not None or max_count is not None:
+        _prune(conn, stream, new_last, metadata_from_columns(max_age, max_count), now)
+    return AppendResult(stream_position=new_last, global_position=global_last)
+
+
+def _stored(conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, str, int, int]]:
+    """(id, stream, stream position, global position) of the batch's ids already in the log."""
+    found: list[tuple[uuid.UUID, str, int, int]] = []
+    ids = [e.id.bytes for e in events]
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        rows = conn.execute(
+            "SELECT event_id, stream, stream_position, global_position FROM events"
+            f" WHERE event_id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
+        found.extend((uuid.UUID(bytes=r[0]), r[1], r[2], r[3]) for r in rows)
+    return found
+
+
+def _prune(
+    conn: sqlite3.Connection, stream: str, last: int | None, metadata: StreamMetadata, now: int
+) -> None:
+    """Physically delete the events retention already hides from readers."""
+    if metadata.max_count is not None and last is not None:
+        conn.execute(
+            "DELETE FROM events WHERE stream = ? AND stream_position <= ?",
+            (stream, last - metadata.max_count),
+        )
+    if metadata.max_age is not None:
+        cutoff = now - int(metadata.max_age.total_seconds() * 1_000_000)
+        conn.execute("DELETE FROM events WHERE stream = ? AND recorded_at < ?", (stream, cutoff))
+
+
+def _read_stream(
+    conn: sqlite3.Connection, stream: str, from_position: int, backwards: bool, limit: int | None
+) -> list[RecordedEvent]:
+    """One stream's visible events from a position, in either direction."""
+    bound, order = ("<=", "DESC") if backwards else (">=", "ASC")
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM events e LEFT JOIN streams s ON s.stream = e.stream"
+        f" WHERE e.stream = :stream AND e.stream_position {bound} :from AND {_VISIBLE}"
+        f" ORDER BY e.stream_position {order} LIMIT :limit",
+        {"stream": stream, "from": from_position, "now": _now_us(), "limit": -1 if limit is None else limit},
+    ).fetchall()
+    return [_row_to_event(r) for r in rows]
+
+
+def _read_page(
+    conn: sqlite3.Connection, after: int, limit: int | None, event_filter: EventFilter
+) -> tuple[list[RecordedEvent], int]:
+    """Visible events after `after` (one snapshot), and the global position examined up to."""
+    conn.execute("BEGIN")
+    try:
+        ceiling = _highest_allocated(conn)
+        where, params = _filter_sql(event_filter)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM events e LEFT JOIN streams s ON s.stream = e.stream"
+            f" WHERE e.global_position > :after AND e.global_position <= :ceiling{where} AND {_VISIBLE}"
+            " ORDER BY e.global_position LIMIT :limit",
+            {
+                "after": after,
+                "ceiling": ceiling,
+                "now": _now_us(),
+                "limit": -1 if limit is None else limit,
+                **params,
+            },
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    events = [_row_to_event(r) for r in rows]
+    full = limit is not None and len(events) == limit
+    return events, events[-1].global_position if full else max(after, ceiling)
+
+
+def _highest_allocated(conn: sqlite3.Connection) -> int:
+    """The highest global position ever assigned, deleted or not (START before the first append)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row is not None else START
+
+
+def _filter_sql(event_filter: EventFilter) -> tuple[str, dict[str, str]]:
+    """An `AND ...` clause and its parameters selecting the filter's categories and event types."""
+    clause, params = "", {}
+    if event_filter.categories:
+        names = [f":c{i}" for i in range(len(event_filter.categories))]
+        clause += f" AND e.category IN ({', '.join(names)})"
+        params.update({n[1:]: c for n, c in zip(names, event_filter.categories, strict=True)})
+    if event_filter.event_types:
+        names = [f":t{i}" for i in range(len(event_filter.event_types))]
+        clause += f" AND e.type IN ({', '.join(names)})"
+        params.update({n[1:]: t for n, t in zip(names, event_filter.event_types, strict=True)})
+    return clause, params
+
+
+def _delete_stream(conn: sqlite3.Connection, stream: str) -> None:
+    """Delete the stream's events; mark it deleted so the next append counts it as new."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
+        conn.execute("UPDATE streams SET deleted = 1 WHERE stream = ?", (stream,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _truncate_stream(conn: sqlite3.Connection, stream: str, before: int) -> None:
+    """Delete the stream's events below a stream position."""
+    conn.execute("DELETE FROM events WHERE stream = ? AND stream_position < ?", (stream, before))
+
+
+def _set_metadata(conn: sqlite3.Connection, stream: str, metadata: StreamMetadata) -> None:
+    """Store the stream's retention and prune what it already hides."""
+    age = metadata.max_age.total_seconds() if metadata.max_age is not None else None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT INTO streams (stream, max_age, max_count) VALUES (?, ?, ?)"
+            " ON CONFLICT (stream) DO UPDATE SET max_age = excluded.max_age, max_count = excluded.max_count",
+            (stream, age, metadata.max_count),
+        )
+        last = conn.execute("SELECT last_position FROM streams WHERE stream = ?", (stream,)).fetchone()[0]
+        _prune(conn, stream, last, metadata, _now_us())
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _get_metadata(conn: sqlite3.Connection, stream: str) -> StreamMetadata:
+    """The stream's retention (unlimited when unset)."""
+    row = conn.execute("SELECT max_age, max_count FROM streams WHERE stream = ?", (stream,)).fetchone()
+    return metadata_from_columns(*row) if row is not None else StreamMetadata()
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    """The newest stored global position."""
+    value = conn.execute("SELECT max(global_position) FROM events").fetchone()[0]
+    return START if value is None else int(value)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    """A counter that changes whenever another connection (of any process) commits."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+# -- the adapter -------------------------------------------------------------------------------------------
+
+
+class SQLiteEventStore(EventStore):
+    """The event log in one SQLite file; every process opening the same file sees one log."""
+
+    def __init__(
+        self, path: str, *, readers: int = 1, poll_interval: float = 0.005, busy_timeout: float = 30.0
+    ) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._poll_interval = poll_interval
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._writer = self._executor(1, "eventlog-sqlite-writer")
+        self._readers = self._executor(readers, "eventlog-sqlite-reader")
+        self._poll_thread = self._executor(1, "eventlog-sqlite-poller")
+        self._signal = ChangeSignal()
+        self._poller: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _executor(self, workers: int, name: str) -> ThreadPoolExecutor:
+        """Worker threads, each opening its own connection on first use."""
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=self._open_thread)
+
+    def _open_thread(self) -> None:
+        """Give the current worker thread its connection."""
+        conn = connect(self._path, self._busy_timeout)
+        self._local.conn = conn
+        with self._connections_lock:
+            self._connections.append(conn)
+
+    async def _run(self, executor: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
+        """Run `work(connection, *args)` on a worker thread, mapping lock timeouts to EventStoreUnavailable."""
+        if self._closed:
+            raise EventStoreError("the event store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, self._call, work, args)
+        except sqlite3.OperationalError as error:
+            raise EventStoreUnavailable(f"sqlite event store {self._path!r}: {error}") from error
+
+    def _call(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Called on the worker thread."""
+        return work(self._local.conn, *args)
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY
+    ) -> AppendResult:
+        """Append atomically; a retry of already-stored event ids returns the original result."""
+        check_batch(stream, events)
+        result = await self._run(self._writer, _append, stream, events, expected)
+        self._signal.notify()
+        return result
+
+    async def read_stream(
+        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream from a stream position (inclusive), forwards or backwards."""
+        return await self._run(self._readers, _read_stream, stream, from_position, backwards, limit)
+
+    async def read_all(
+        self, after: int = START, *, limit: int | None = None, filter: EventFilter = ALL
+    ) -> list[RecordedEvent]:
+        """Events of the whole log after a global position, in global order."""
+        events, _ = await self._page(after, limit, filter)
+        return events
+
+    async def _page(
+        self, after: int, limit: int | None, event_filter: EventFilter
+    ) -> tuple[list[RecordedEvent], int]:
+        """One page of read_all plus the position examined up to."""
+        return await self._run(self._readers, _read_page, after, limit, event_filter)
+
+    def subscribe(self, after: int = START, *, filter: EventFilter = ALL) -> AsyncIterator[RecordedEvent]:
+        """Catch up from a global position, then follow live appends (this process's and others')."""
+        return self._follow(after, filter)
+
+    async def _follow(self, after: int, event_filter: EventFilter) -> AsyncIterator[RecordedEvent]:
+        """The subscription generator; starts the cross-process poller on first use."""
+        self._start_poller()
+        async for event in follow(self._page, self._signal, after, event_filter):
+            yield event
+
+    def _start_poller(self) -> None:
+        """Watch for commits by other processes while anyone subscribes."""
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        """Notify subscribers whenever `PRAGMA data_version` moves (any other connection committed)."""
+        seen = await self._run(self._poll_thread, _data_version)
+        while not self._closed:
+            await asyncio.sleep(self._poll_interval)
+            current = await self._run(self._poll_thread, _data_version)
+            if current != seen:
+                seen = current
+                self._signal.notify()
+
+    async def delete_stream(self, stream: str) -> None:
+        """Delete every event of the stream; a later append restarts it after its old last position."""
+        await self._run(self._writer, _delete_stream, stream)
+
+    async def truncate_stream(self, stream: str, before: int) -> None:
+        """Delete the events of the stream whose stream position is below `before`."""
+        await self._run(self._writer, _truncate_stream, stream, before)
+
+    async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
+        """Set the retention enforced on reads, and prune what it already hides."""
+        await self._run(self._writer, _set_metadata, stream, metadata)
+
+    async def get_stream_metadata(self, stream: str) -> StreamMetadata:
+        """The retention set on the stream (unlimited when none)."""
+        return await self._run(self._readers, _get_metadata, stream)
+
+    async def head_position(self) -> int:
+        """The global position of the newest stored event, or START when the log is empty."""
+        return await self._run(self._readers, _head)
+
+    async def close(self) -> None:
+        """Stop the poller, wake subscribers, let workers finish, close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        self._signal.notify()
+        for executor in (self._writer, self._readers, self._poll_thread):
+            await asyncio.to_thread(executor.shutdown, wait=True)
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
