@@ -12,7 +12,7 @@ from typing import Any
 
 from cdp.keyring import cipher
 from cdp.keyring.cache import KeyCache, SubjectKeys
-from cdp.keyring.errors import DecryptionFailed, SubjectErased
+from cdp.keyring.errors import DecryptionFailed
 from cdp.keyring.master import MasterKeys
 from cdp.keyring.store import KeyStore, StoredSubject, WrappedKey
 from cdp.keyring.subjects import check_subject_id
