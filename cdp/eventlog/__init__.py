@@ -56,6 +56,10 @@ def open_event_store(url: str) -> EventStore:
         from cdp.eventlog.sqlite import SQLiteEventStore
 
         return SQLiteEventStore(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from cdp.eventlog.postgres import PostgresEventStore
+
+        return PostgresEventStore.from_url(url)
     raise ValueError(
         f"unknown event store URL scheme {scheme!r} in {url!r}: "
         "use sqlite:///path.db, memory://, postgresql://… or kurrentdb://host:2113?tls=false"
