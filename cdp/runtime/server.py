@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -41,6 +42,15 @@ class ServiceApp:
 
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Clean-ups run after the server stopped (close the event store, dispose engines)."""
+
+
+def method_access(service: ServiceDescriptor, methods: Iterable[str], access: Access) -> dict[str, Access]:
+    """`{"/pkg.Service/Method": access}` for the named methods, checking each exists in the contract."""
+    known = {method.name for method in service.methods}
+    unknown = set(methods) - known
+    if unknown:
+        raise ValueError(f"{service.full_name} has no methods {sorted(unknown)}")
+    return {f"/{service.full_name}/{name}": access for name in methods}
 
 
 class GrpcServer:

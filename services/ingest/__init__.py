@@ -1,0 +1,1 @@
+"""The ingest service: collects Segment-spec messages over gRPC and HTTP, tracking plans, CSV onboarding."""
