@@ -1,0 +1,1 @@
+"""The activation service: delivers audiences and events to destinations."""

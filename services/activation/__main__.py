@@ -1,0 +1,4 @@
+from cdp.runtime.server import run_service
+from services.activation.main import build
+
+run_service(build)

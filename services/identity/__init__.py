@@ -1,0 +1,1 @@
+"""The identity service: resolves identifiers into one profile per person, explains and reverses merges."""

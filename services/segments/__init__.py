@@ -1,0 +1,1 @@
+"""The segments service: audiences and computed traits over unified profiles."""

@@ -1,0 +1,4 @@
+from cdp.runtime.server import run_service
+from services.segments.main import build
+
+run_service(build)
