@@ -1,0 +1,62 @@
+"""Events the ingest service appends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from cdp.events.envelope import DomainEvent, JsonObject
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageCollected(DomainEvent, type_name="MessageCollected"):
+    """A Segment-spec message accepted from a source; stream `subject-<subject_id>`.
+
+    `payload` is ciphertext (keyring `encrypt_value`, context "MessageCollected#payload") of the JSON
+    message minus the clear fields below: userId, anonymousId, traits, properties, context, integrations.
+    `identifiers` maps identifier type → subject id (keyed hash) of each identifier the message carried.
+    """
+
+    message_id: str
+    message_type: str
+    source_id: str
+    subject_id: str
+    event_name: str | None = None
+    timestamp: datetime
+    received_at: datetime
+    sent_at: datetime | None = None
+    identifiers: Mapping[str, str]
+    payload: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingPlanPublished(DomainEvent, type_name="TrackingPlanPublished"):
+    """A new version of a tracking plan (event names and property schemas); `trackingplan-<plan_id>`."""
+
+    plan_id: str
+    plan_version: int
+    source_ids: tuple[str, ...]
+    rules: JsonObject
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributeDefined(DomainEvent, type_name="AttributeDefined"):
+    """An attribute of the catalog; `personal` ones are always encrypted; stream `config-ingest`."""
+
+    name: str
+    entity: str
+    data_type: str
+    personal: bool
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CsvImportCompleted(DomainEvent, type_name="CsvImportCompleted"):
+    """A CSV file finished importing (its rows became MessageCollected events); `csvimport-<import_id>`."""
+
+    import_id: str
+    source_id: str
+    rows_accepted: int
+    rows_rejected: int
+    completed_at: datetime

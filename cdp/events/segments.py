@@ -1,0 +1,43 @@
+"""Events the segments service appends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from cdp.events.envelope import DomainEvent, JsonObject
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudienceDefined(DomainEvent, type_name="AudienceDefined"):
+    """An audience and its rule tree (defined or redefined); stream `audience-<audience_id>`."""
+
+    audience_id: str
+    name: str
+    definition: JsonObject
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudienceArchived(DomainEvent, type_name="AudienceArchived"):
+    """The audience stops being computed and activated."""
+
+    audience_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputedTraitDefined(DomainEvent, type_name="ComputedTraitDefined"):
+    """A computed trait (e.g. count of an event over a window); stream `trait-<trait_id>`."""
+
+    trait_id: str
+    name: str
+    definition: JsonObject
+
+
+@dataclass(frozen=True, kw_only=True)
+class MembershipChanged(DomainEvent, type_name="MembershipChanged"):
+    """A profile entered (`entered`) or left an audience; stream `membership-<profile_id>`."""
+
+    audience_id: str
+    profile_id: str
+    entered: bool
+    computed_at: datetime
