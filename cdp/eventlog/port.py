@@ -107,7 +107,9 @@ class WrongExpectedVersion(EventStoreError):
         self.expected = expected
         self.actual = actual
         shown = expected.value if isinstance(expected, ExpectedVersion) else expected
-        super().__init__(f"stream {stream!r}: expected {shown}, actual {actual if actual is not None else 'none'}")
+        super().__init__(
+            f"stream {stream!r}: expected {shown}, actual {actual if actual is not None else 'none'}"
+        )
 
 
 class StreamDeleted(EventStoreError):
