@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 # The only top-level cdp/ packages this script owns; every other cdp/ path is hand-written.
 GENERATED_PACKAGES = ("common", "ingest", "identity", "segments", "activation", "governance")
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
@@ -64,6 +64,8 @@ def add_init_files(dirs: Sequence[Path], out_root: Path = ROOT) -> None:
 def run_protoc(protos: Sequence[Path], out_root: Path = ROOT, proto_root: Path = PROTO_ROOT) -> None:
     """Run grpc_tools.protoc once over all `protos`."""
     bundled = resources.files("grpc_tools") / "_proto"
+    # mypy-protobuf's plugin types the generated stubs and servicers, which grpc_tools leaves untyped.
+    typed_grpc_plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
     args = [
         "grpc_tools.protoc",
         f"-I{proto_root}",
@@ -71,6 +73,8 @@ def run_protoc(protos: Sequence[Path], out_root: Path = ROOT, proto_root: Path =
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",
+        f"--plugin=protoc-gen-mypy_grpc={typed_grpc_plugin}",
+        f"--mypy_grpc_out={out_root}",
         *(str(proto_root / proto) for proto in protos),
     ]
     if protoc.main(args) != 0:

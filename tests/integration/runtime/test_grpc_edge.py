@@ -1,5 +1,7 @@
 """The runtime's edge on a real gRPC server on loopback: health, reflection, auth, error mapping, shutdown."""
 
+from __future__ import annotations
+
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -31,7 +33,7 @@ async def server() -> AsyncIterator[GrpcServer]:
 
 
 @pytest.fixture
-async def stub(server: GrpcServer) -> AsyncIterator[ingest_service_pb2_grpc.IngestServiceStub]:
+async def stub(server: GrpcServer) -> AsyncIterator[ingest_service_pb2_grpc.IngestServiceAsyncStub]:
     async with grpc.aio.insecure_channel(server.address) as channel:
         yield ingest_service_pb2_grpc.IngestServiceStub(channel)
 
@@ -64,7 +66,7 @@ async def test_reflection_lists_the_contract(server: GrpcServer) -> None:
 
 
 async def test_a_call_without_credentials_is_unauthenticated(
-    stub: ingest_service_pb2_grpc.IngestServiceStub,
+    stub: ingest_service_pb2_grpc.IngestServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Track(a_track())
@@ -74,14 +76,14 @@ async def test_a_call_without_credentials_is_unauthenticated(
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_a_write_key_cannot_configure(stub: ingest_service_pb2_grpc.IngestServiceStub) -> None:
+async def test_a_write_key_cannot_configure(stub: ingest_service_pb2_grpc.IngestServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.ListAttributes(pb.ListAttributesRequest(), metadata=WRITE_KEY)
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_a_malformed_request_is_invalid_argument_naming_the_field(
-    stub: ingest_service_pb2_grpc.IngestServiceStub,
+    stub: ingest_service_pb2_grpc.IngestServiceAsyncStub,
 ) -> None:
     request = a_track()
     request.message.timestamp.CopyFrom(timestamp_pb2.Timestamp(seconds=-3_000_000_000))
@@ -93,7 +95,7 @@ async def test_a_malformed_request_is_invalid_argument_naming_the_field(
 
 
 async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(
-    stub: ingest_service_pb2_grpc.IngestServiceStub,
+    stub: ingest_service_pb2_grpc.IngestServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Track(a_track(), metadata=WRITE_KEY)
@@ -101,7 +103,7 @@ async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(
     assert "collection of Segment-spec messages" in (raised.value.details() or "")
 
 
-async def test_every_reply_carries_a_request_id(stub: ingest_service_pb2_grpc.IngestServiceStub) -> None:
+async def test_every_reply_carries_a_request_id(stub: ingest_service_pb2_grpc.IngestServiceAsyncStub) -> None:
     call = stub.Track(a_track(), metadata=(*WRITE_KEY, ("x-request-id", "req-42")))
     with pytest.raises(grpc.aio.AioRpcError):
         await call
