@@ -1,0 +1,150 @@
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdp.errors import InvalidInput
+from services.ingest.domain.messages import MAX_MESSAGE_BYTES, parse_message, settle_timestamp
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def violations(raw: Any, **kwargs: Any) -> list[str]:
+    with pytest.raises(InvalidInput) as raised:
+        parse_message(raw, received_at=NOW, **kwargs)
+    return [violation.field for violation in raised.value.violations]
+
+
+def test_a_track_message_is_accepted_with_its_fields() -> None:
+    message = parse_message(
+        {
+            "type": "track",
+            "messageId": "m-1",
+            "userId": 42,
+            "event": "Order Completed",
+            "properties": {"revenue": 12.5},
+            "context": {"ip": "203.0.113.9"},
+            "writeKey": "secret",
+            "channel": "server",
+        },
+        received_at=NOW,
+    )
+    assert (message.type, message.user_id, message.event) == ("track", "42", "Order Completed")
+    assert message.properties == {"revenue": 12.5}
+    assert message.timestamp == NOW, "no timestamp: the server's receivedAt"
+    assert message.subject_identifier == ("user_id", "42")
+    assert message.extra == {"channel": "server"}, "the write key is never stored"
+    assert "writeKey" not in message.to_json()
+
+
+def test_the_subject_is_the_user_id_else_the_anonymous_id() -> None:
+    anonymous = parse_message({"type": "page", "anonymousId": "a-1"}, received_at=NOW, message_id="x")
+    assert anonymous.subject_identifier == ("anonymous_id", "a-1")
+    both = parse_message(
+        {"type": "page", "anonymousId": "a-1", "userId": "u"}, received_at=NOW, message_id="x"
+    )
+    assert both.subject_identifier == ("user_id", "u")
+
+
+def test_clock_skew_is_corrected_from_sent_at() -> None:
+    device_now = NOW + timedelta(hours=3)  # the device clock runs three hours fast
+    message = parse_message(
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "timestamp": (device_now - timedelta(seconds=10)).isoformat(),
+            "sentAt": device_now.isoformat(),
+        },
+        received_at=NOW,
+        message_id="m",
+    )
+    assert message.timestamp == NOW - timedelta(seconds=10)
+    assert message.original_timestamp == device_now - timedelta(seconds=10)
+    assert settle_timestamp(None, None, NOW) == NOW
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"type": "track", "event": "E"}, ["userId"]),
+        ({"type": "track", "userId": "u"}, ["event"]),
+        ({"type": "track", "userId": "", "anonymousId": "  ", "event": "E"}, ["userId"]),
+        ({"type": "alias", "userId": "u"}, ["previousId"]),
+        ({"type": "alias", "previousId": "p"}, ["userId"]),
+        ({"type": "group", "userId": "u"}, ["groupId"]),
+        ({"type": "bogus", "userId": "u"}, ["type"]),
+        ({"type": "track", "userId": "u", "event": "E", "properties": []}, ["properties"]),
+        ({"type": "track", "userId": {"a": 1}, "event": "E"}, ["userId"]),
+        ({"type": "track", "userId": "u", "event": "E", "timestamp": "yesterday"}, ["timestamp"]),
+        ({"type": "track", "userId": "u", "event": "E", "timestamp": "1970-01-02T00:00:00Z"}, ["timestamp"]),
+        ({"type": "track", "userId": "u", "event": "E", "timestamp": "2030-01-01T00:00:00Z"}, ["timestamp"]),
+        ({"type": "track", "userId": "u", "event": "E", "messageId": "x" * 101}, ["messageId"]),
+        ({"type": "identify", "userId": "u"}, ["messageId"]),
+    ],
+)
+def test_invalid_messages_name_the_field(raw: dict[str, Any], expected: list[str]) -> None:
+    message_id = None if raw.get("type") == "identify" else "generated"
+    assert violations(raw, message_id=message_id) == expected
+
+
+def test_every_problem_is_reported_at_once_with_its_path() -> None:
+    raw = {"type": "track", "properties": "x", "sentAt": 5}
+    assert violations(raw, message_id="m", path="batch[3]") == [
+        "batch[3].userId",
+        "batch[3].event",
+        "batch[3].properties",
+        "batch[3].sentAt",
+    ]
+
+
+def test_the_endpoint_type_must_agree_with_the_message() -> None:
+    assert violations({"type": "page", "userId": "u"}, default_type="track", message_id="m") == ["type"]
+    message = parse_message(
+        {"userId": "u", "event": "E"}, received_at=NOW, default_type="track", message_id="m"
+    )
+    assert message.type == "track"
+
+
+def test_a_message_over_32_kb_is_refused() -> None:
+    raw = {"type": "track", "userId": "u", "event": "E", "properties": {"blob": "x" * MAX_MESSAGE_BYTES}}
+    assert violations(raw, message_id="m") == ["message"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "type",
+                "userId",
+                "anonymousId",
+                "event",
+                "messageId",
+                "properties",
+                "traits",
+                "timestamp",
+                "sentAt",
+            ]
+        ),
+        json_values,
+    )
+)
+def test_arbitrary_json_is_either_a_message_or_a_clear_error(raw: dict[str, Any]) -> None:
+    try:
+        message = parse_message(raw, received_at=NOW, message_id="fallback")
+    except InvalidInput as error:
+        assert error.violations and all(v.field and v.description for v in error.violations)
+    else:
+        assert message.user_id or message.anonymous_id
+        assert message.type in ("identify", "track", "page", "screen", "group", "alias")
