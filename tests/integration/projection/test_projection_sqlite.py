@@ -68,6 +68,31 @@ async def until(condition: object) -> None:
 async def test_rebuild_equals_live_with_concurrent_appends(
     store: EventStore, engine: Engine, tmp_path: Path
 ) -> None:
+    await rebuild_equals_live(store, engine, tmp_path)
+
+
+@pytest.mark.postgres
+async def test_rebuild_equals_live_on_the_postgres_log(engine: Engine, tmp_path: Path) -> None:
+    schema = f"test_projection_{uuid.uuid4().hex[:10]}"
+    store = open_event_store(f"{POSTGRES}?schema={schema}")
+    try:
+        await store.head_position()
+    except Exception as error:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {error}")
+    try:
+        await rebuild_equals_live(store, engine, tmp_path)
+    finally:
+        await store.close()
+        admin = create_engine(
+            POSTGRES.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()
+
+
+async def rebuild_equals_live(store: EventStore, engine: Engine, tmp_path: Path) -> None:
+    """Live projection while appends happen, then a rebuild and a fresh database: all three agree."""
     await store.append("page-0", events(300))
     live = ProjectionRunner(store, EventTypeCounts(), engine, batch_size=50)
     task = asyncio.create_task(live.run())
