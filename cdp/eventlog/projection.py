@@ -23,7 +23,14 @@ import structlog
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, create_engine, event, exc, select
 from sqlalchemy.orm import Session
 
-from cdp.eventlog.port import START, EventFilter, EventStore, EventStoreUnavailable, RecordedEvent
+from cdp.eventlog.port import (
+    START,
+    EventFilter,
+    EventStore,
+    EventStoreError,
+    EventStoreUnavailable,
+    RecordedEvent,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -179,7 +186,7 @@ class ProjectionRunner:
 
     async def status(self) -> ProjectionStatus:
         """Position, head, lag (head - position, net of events the filter skips) and recent events/s."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(EventStoreError):  # a log outage must not break the health endpoint
             self._head = max(self._head, await self._store.head_position())
             await self._skip_unfiltered_tail()
         done = max(self._position, self._scanned)
