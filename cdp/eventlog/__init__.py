@@ -60,6 +60,10 @@ def open_event_store(url: str) -> EventStore:
         from cdp.eventlog.postgres import PostgresEventStore
 
         return PostgresEventStore.from_url(url)
+    if scheme in ("kurrentdb", "esdb", "kdb", "kurrentdb+discover", "esdb+discover", "kdb+discover"):
+        from cdp.eventlog.kurrentdb import KurrentDBEventStore
+
+        return KurrentDBEventStore(url)
     raise ValueError(
         f"unknown event store URL scheme {scheme!r} in {url!r}: "
         "use sqlite:///path.db, memory://, postgresql://… or kurrentdb://host:2113?tls=false"

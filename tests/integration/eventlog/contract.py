@@ -84,6 +84,9 @@ class EventStoreContract(abc.ABC):
     retention_hides_from_read_all = True
     """Whether max_count / max_age also hide events from read_all and subscriptions, not only read_stream."""
 
+    refuses_partial_overlap = True
+    """Whether an append whose ids are partly stored already (or stored in another stream) is refused."""
+
     @abc.abstractmethod
     async def open_store(self) -> EventStore:
         """A new store instance over this test's database (every call reaches the same data)."""
@@ -185,6 +188,8 @@ class EventStoreContract(abc.ABC):
         assert [e.id for e in stored] == [e.id for e in first + second]
 
     async def test_a_partial_overlap_is_refused(self, store: EventStore, cat: str) -> None:
+        if not self.refuses_partial_overlap:
+            pytest.skip("this backend does not look up event ids outside the stream's latest events")
         batch = new_events(2)
         await store.append(f"{cat}-a", batch)
         with pytest.raises(EventStoreError):
@@ -336,7 +341,7 @@ class EventStoreContract(abc.ABC):
 
         mine = EventFilter(categories=(cat,))
         async with subscription(store, head, filter=mine) as events:
-            tail = asyncio.create_task(take(events, 1200, seconds=60))
+            tail = asyncio.create_task(take(events, 1200, seconds=30))
             await asyncio.gather(*(write(n, w) for n, w in enumerate(writers)))
             seen = await tail
             assert await nothing_more(events, 0.2)
