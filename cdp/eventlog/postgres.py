@@ -48,7 +48,7 @@ from cdp.eventlog.port import (
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-_DDL = """
+SCHEMA_DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.events (
     global_position BIGSERIAL PRIMARY KEY,
@@ -226,7 +226,7 @@ class PostgresEventStore(EventStore):
             await self._pool.open(wait=True, timeout=10)
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-                await conn.execute(_DDL.replace("{s}", self._schema).encode())
+                await conn.execute(SCHEMA_DDL.replace("{s}", self._schema).encode())
         except (psycopg.OperationalError, PoolTimeout) as error:
             self._opened = None
             raise EventStoreUnavailable(f"postgres event store: {error}") from error

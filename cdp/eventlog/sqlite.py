@@ -40,6 +40,7 @@ from cdp.eventlog.port import (
     NewEvent,
     RecordedEvent,
     StreamMetadata,
+    WrongExpectedVersion,
     stream_category,
 )
 
@@ -120,10 +121,33 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
 def _append(
     conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent], expected: Expected
 ) -> AppendResult:
-    """Check idempotency and the expected version, then insert the batch, in one write transaction."""
+    """Insert the batch in one write transaction; look its ids up only when that fails (a retry?).
+
+    Relying on the UNIQUE event id instead of looking every id up first keeps the common path short.
+    """
+    for _ in range(3):
+        try:
+            return _in_write_transaction(conn, _insert_batch, stream, events, expected)
+        except WrongExpectedVersion:
+            replay = replayed_result(stream, events, _stored(conn, events))
+            if replay is None:
+                raise
+            return replay
+        except sqlite3.IntegrityError as error:
+            if "event_id" not in str(error):
+                raise
+            replay = replayed_result(stream, events, _stored(conn, events))
+            if replay is not None:
+                return replay
+            # The clashing events were deleted in between (by another process): try the append again.
+    raise EventStoreUnavailable(f"stream {stream!r}: append kept clashing with concurrent deletions")
+
+
+def _in_write_transaction(conn: sqlite3.Connection, work: Callable[..., T], *args: Any) -> T:
+    """Run `work(conn, *args)` inside BEGIN IMMEDIATE … COMMIT, rolling back on any error."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = _append_in_transaction(conn, stream, events, expected)
+        result = work(conn, *args)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -131,13 +155,10 @@ def _append(
     return result
 
 
-def _append_in_transaction(
+def _insert_batch(
     conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent], expected: Expected
 ) -> AppendResult:
-    """The body of `_append`."""
-    replay = replayed_result(stream, events, _stored(conn, events))
-    if replay is not None:
-        return replay
+    """Check the expected version, insert the events, move the stream's version, prune retention."""
     row = conn.execute(
         "SELECT last_position, deleted, max_age, max_count FROM streams WHERE stream = ?", (stream,)
     ).fetchone()
@@ -258,14 +279,8 @@ def _filter_sql(event_filter: EventFilter) -> tuple[str, dict[str, str]]:
 
 def _delete_stream(conn: sqlite3.Connection, stream: str) -> None:
     """Delete the stream's events; mark it deleted so the next append counts it as new."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
-        conn.execute("UPDATE streams SET deleted = 1 WHERE stream = ?", (stream,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    conn.execute("DELETE FROM events WHERE stream = ?", (stream,))
+    conn.execute("UPDATE streams SET deleted = 1 WHERE stream = ?", (stream,))
 
 
 def _truncate_stream(conn: sqlite3.Connection, stream: str, before: int) -> None:
@@ -276,19 +291,13 @@ def _truncate_stream(conn: sqlite3.Connection, stream: str, before: int) -> None
 def _set_metadata(conn: sqlite3.Connection, stream: str, metadata: StreamMetadata) -> None:
     """Store the stream's retention and prune what it already hides."""
     age = metadata.max_age.total_seconds() if metadata.max_age is not None else None
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "INSERT INTO streams (stream, max_age, max_count) VALUES (?, ?, ?)"
-            " ON CONFLICT (stream) DO UPDATE SET max_age = excluded.max_age, max_count = excluded.max_count",
-            (stream, age, metadata.max_count),
-        )
-        last = conn.execute("SELECT last_position FROM streams WHERE stream = ?", (stream,)).fetchone()[0]
-        _prune(conn, stream, last, metadata, _now_us())
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    conn.execute(
+        "INSERT INTO streams (stream, max_age, max_count) VALUES (?, ?, ?)"
+        " ON CONFLICT (stream) DO UPDATE SET max_age = excluded.max_age, max_count = excluded.max_count",
+        (stream, age, metadata.max_count),
+    )
+    last = conn.execute("SELECT last_position FROM streams WHERE stream = ?", (stream,)).fetchone()[0]
+    _prune(conn, stream, last, metadata, _now_us())
 
 
 def _get_metadata(conn: sqlite3.Connection, stream: str) -> StreamMetadata:
@@ -409,7 +418,7 @@ class SQLiteEventStore(EventStore):
 
     async def delete_stream(self, stream: str) -> None:
         """Delete every event of the stream; a later append restarts it after its old last position."""
-        await self._run(self._writer, _delete_stream, stream)
+        await self._run(self._writer, _in_write_transaction, _delete_stream, stream)
 
     async def truncate_stream(self, stream: str, before: int) -> None:
         """Delete the events of the stream whose stream position is below `before`."""
@@ -417,7 +426,7 @@ class SQLiteEventStore(EventStore):
 
     async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
         """Set the retention enforced on reads, and prune what it already hides."""
-        await self._run(self._writer, _set_metadata, stream, metadata)
+        await self._run(self._writer, _in_write_transaction, _set_metadata, stream, metadata)
 
     async def get_stream_metadata(self, stream: str) -> StreamMetadata:
         """The retention set on the stream (unlimited when none)."""
