@@ -107,11 +107,13 @@ class ChangeSignal:
 
     def __init__(self) -> None:
         self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def arm(self) -> asyncio.Event:
         """The event the next notify() sets; take it before reading the log."""
-        if self._event is None:
-            self._event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if self._event is None or self._loop is not loop:  # a store may outlive one event loop
+            self._event, self._loop = asyncio.Event(), loop
         return self._event
 
     def notify(self) -> None:

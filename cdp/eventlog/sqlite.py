@@ -403,8 +403,9 @@ class SQLiteEventStore(EventStore):
 
     def _start_poller(self) -> None:
         """Watch for commits by other processes while anyone subscribes."""
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        loop = asyncio.get_running_loop()
+        if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
+            self._poller = loop.create_task(self._poll())
 
     async def _poll(self) -> None:
         """Notify subscribers whenever `PRAGMA data_version` moves (any other connection committed)."""
