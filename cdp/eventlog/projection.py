@@ -393,7 +393,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     """WAL lets queries read while the runner writes; NORMAL sync is enough since the log can replay."""
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, see _sqlite_begin
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000"):
+    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 

@@ -150,10 +150,11 @@ class SqlKeyStore(KeyStore):
         return (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert(table)
 
     def _create_tables(self) -> None:
-        """Create the tables; two processes starting together may race, and the loser just re-checks."""
+        """Create missing tables under the write lock; on PostgreSQL a racing creator may still win, so re-check."""
         try:
-            self.metadata.create_all(self.engine)
-        except (exc.OperationalError, exc.ProgrammingError, exc.IntegrityError):
+            with self._write() as conn:
+                self.metadata.create_all(conn)
+        except (exc.ProgrammingError, exc.IntegrityError):
             self.metadata.create_all(self.engine)
 
 
@@ -177,7 +178,8 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # We issue BEGIN ourselves (see _sqlite_begin); pysqlite's implicit transactions would defer the lock.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000", "secure_delete=ON"):
+    # busy_timeout first, so switching a new file to WAL waits for other processes instead of failing.
+    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=FULL", "secure_delete=ON"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
