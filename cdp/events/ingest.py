@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cdp.events.envelope import DomainEvent, JsonObject
+from cdp.keyring import Keyring
+
+PAYLOAD_CONTEXT = "MessageCollected#payload"
+"""Associated data of the payload ciphertext: binds it to this event field, so it cannot be moved elsewhere."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +33,18 @@ class MessageCollected(DomainEvent, type_name="MessageCollected"):
     sent_at: datetime | None = None
     identifiers: Mapping[str, str]
     payload: str
+    plan_violations: tuple[str, ...] = ()
+    """Tracking-plan violations of a message stored under a plan in `flag` mode (`event.property: reason`)."""
+
+    def open_payload(self, keyring: Keyring) -> dict[str, Any]:
+        """The personal fields (camelCase, as Segment names them); raises `SubjectErased` once shredded."""
+        payload: dict[str, Any] = keyring.decrypt_value(self.subject_id, self.payload, context=PAYLOAD_CONTEXT)
+        return payload
+
+
+def seal_payload(keyring: Keyring, subject_id: str, personal: Mapping[str, Any]) -> str:
+    """Encrypt a message's personal fields with the subject's data key, for `MessageCollected.payload`."""
+    return keyring.encrypt_value(subject_id, dict(personal), context=PAYLOAD_CONTEXT)
 
 
 @dataclass(frozen=True, kw_only=True)
