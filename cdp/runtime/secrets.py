@@ -1,47 +1,44 @@
-"""The secrets of a development installation: generated once under the data directory, never in production."""
+"""The secrets of an installation: given explicitly, or generated once under the data directory in development."""
 
 from __future__ import annotations
 
-import base64
-import os
-import secrets
 from pathlib import Path
 
+from cdp.keyring import generate_key_file
 from cdp.runtime.settings import Settings, SettingsError
 
 
-def ensure_secret_file(path: Path, n_bytes: int = 32) -> Path:
-    """Create `path` holding a random base64 secret (mode 0600) unless it exists; safe when raced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(n_bytes)).decode() + "\n")
-    return path
-
-
 def ensure_local_secrets(settings: Settings) -> dict[str, str]:
-    """The `CDP_*` variables that point services at the master key and subject secret of this installation."""
+    """The `CDP_*` variables that point services at this installation's master key and subject secret."""
     env: dict[str, str] = {}
     if not settings.master_key and settings.master_key_file is None:
-        if settings.env == "production":
-            raise SettingsError("CDP_MASTER_KEY or CDP_MASTER_KEY_FILE is required when CDP_ENV=production")
-        env["CDP_MASTER_KEY_FILE"] = str(ensure_secret_file(settings.data_dir / "master.key"))
+        env["CDP_MASTER_KEY_FILE"] = str(_generated(settings, "master.key", "CDP_MASTER_KEY"))
     if not settings.subject_secret and settings.subject_secret_file is None:
-        if settings.env == "production":
-            raise SettingsError("CDP_SUBJECT_SECRET is required when CDP_ENV=production")
-        env["CDP_SUBJECT_SECRET_FILE"] = str(ensure_secret_file(settings.data_dir / "subject.secret"))
+        env["CDP_SUBJECT_SECRET_FILE"] = str(_generated(settings, "subject.secret", "CDP_SUBJECT_SECRET"))
     return env
 
 
-def read_secret(value: str, file: Path | None, what: str) -> bytes:
-    """A secret given inline (base64) or in a file (base64 text); raises naming the setting when absent."""
-    text = value or (file.read_text().strip() if file is not None else "")
-    if not text:
-        raise SettingsError(f"{what} is not set")
+def subject_secret(settings: Settings) -> str:
+    """The HMAC secret for subject ids: the setting, else its file (generated in development)."""
+    if settings.subject_secret:
+        return settings.subject_secret
+    path = settings.subject_secret_file or _generated(settings, "subject.secret", "CDP_SUBJECT_SECRET")
     try:
-        return base64.b64decode(text, validate=True)
-    except ValueError as error:
-        raise SettingsError(f"{what}: not valid base64") from error
+        return path.read_text().strip()
+    except OSError as error:
+        raise SettingsError(f"CDP_SUBJECT_SECRET_FILE: cannot read {path}: {error.strerror}") from error
+
+
+def master_key_file(settings: Settings) -> Path | None:
+    """Where the master key lives when it is not given inline (generated in development)."""
+    if settings.master_key:
+        return None
+    return settings.master_key_file or _generated(settings, "master.key", "CDP_MASTER_KEY")
+
+
+def _generated(settings: Settings, name: str, variable: str) -> Path:
+    if settings.env == "production":
+        raise SettingsError(f"{variable} or {variable}_FILE is required when CDP_ENV=production")
+    path = settings.data_dir / name
+    generate_key_file(path)  # 32 random bytes, base64, mode 0600; a file already there is kept
+    return path

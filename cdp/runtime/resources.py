@@ -1,0 +1,34 @@
+"""Adapters every composition root opens from the settings: the event log, the keyring, read-model databases."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from cdp.eventlog import EventStore, open_event_store
+from cdp.eventlog.projection import create_read_model_engine
+from cdp.keyring import Keyring, SubjectIds, load_master_key, open_keyring
+from cdp.runtime.secrets import master_key_file, subject_secret
+from cdp.runtime.settings import Settings
+
+
+def event_store(settings: Settings) -> EventStore:
+    """The shared event log `CDP_EVENT_STORE` names."""
+    return open_event_store(settings.event_store)
+
+
+def keyring(settings: Settings) -> Keyring:
+    """The keyring in `CDP_KEYRING_URL`, its data keys wrapped by the installation's master key."""
+    master = load_master_key(
+        settings.master_key, master_key_file(settings), production=settings.env == "production"
+    )
+    return open_keyring(settings.keyring_url, master)
+
+
+def subject_ids(settings: Settings) -> SubjectIds:
+    """Identifier → subject id (keyed hash), the same in every service of the installation."""
+    return SubjectIds(subject_secret(settings))
+
+
+def read_model_engine(settings: Settings, service: str) -> Engine:
+    """The SQLAlchemy engine of one service's read models (`CDP_READ_MODEL_URL`)."""
+    return create_read_model_engine(settings.read_model_url_for(service))
