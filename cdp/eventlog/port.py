@@ -71,6 +71,15 @@ class AppendResult:
 
 
 @dataclass(frozen=True)
+class StreamAppend:
+    """One part of `append_many`: events for one stream, with that stream's expectation."""
+
+    stream: str
+    events: Sequence[NewEvent]
+    expected: Expected = ExpectedVersion.ANY
+
+
+@dataclass(frozen=True)
 class EventFilter:
     """Selects events by stream category and/or event type; empty tuples select everything."""
 
@@ -128,6 +137,24 @@ class EventStore(abc.ABC):
         self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY
     ) -> AppendResult:
         """Append atomically; a retry of already-stored event ids returns the original result."""
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
+        """Append to several streams; each part succeeds or fails on its own, exactly as `append` would.
+
+        A part that fails (wrong expected version, conflicting event ids, a deleted stream) comes back as its
+        error and writes nothing; the others are written. Adapters override this to commit every part in one
+        transaction (group commit); this default appends the parts one after another. Transient faults
+        (`EventStoreUnavailable`) are raised for the whole call.
+        """
+        results: list[AppendResult | EventStoreError] = []
+        for part in appends:
+            try:
+                results.append(await self.append(part.stream, part.events, part.expected))
+            except EventStoreUnavailable:
+                raise
+            except EventStoreError as error:
+                results.append(error)
+        return results
 
     @abc.abstractmethod
     async def read_stream(
