@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.eventlog --postgres skip # SQLite only
 
 The raw baseline inserts the same rows into an identical table with the bare driver (sqlite3 executemany;
-psycopg executemany) inside one transaction per batch, with no expected-version or idempotency checks.
+psycopg binary COPY) inside one transaction per batch, with no expected-version or idempotency checks.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class RawSQLite:
 
 
 class RawPostgres:
-    """psycopg executemany in one transaction per batch, in a throwaway schema."""
+    """psycopg binary COPY (the fastest bulk path) in one transaction per batch, in a throwaway schema."""
 
     def __init__(self, url: str, schema: str) -> None:
         self._schema = schema
@@ -52,12 +52,12 @@ class RawPostgres:
     def insert(self, stream: str, start: int, rows: Rows) -> None:
         """Insert one batch and move the stream's version."""
         s = self._schema
+        columns = "event_id, stream, category, stream_position, type, data, metadata"
         with self._conn.transaction(), self._conn.cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {s}.events (event_id, stream, category, stream_position, type, data, metadata)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)".encode(),
-                rows,
-            )
+            with cursor.copy(f"COPY {s}.events ({columns}) FROM STDIN (FORMAT BINARY)".encode()) as copy:
+                copy.set_types(["uuid", "text", "text", "int8", "text", "bytea", "json"])
+                for row in rows:
+                    copy.write_row(row)
             cursor.execute(
                 f"INSERT INTO {s}.streams (stream, last_position) VALUES (%s, %s) ON CONFLICT (stream)"
                 " DO UPDATE SET last_position = excluded.last_position".encode(),

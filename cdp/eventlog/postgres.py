@@ -264,8 +264,9 @@ class PostgresEventStore(EventStore):
             [encode_metadata(e.metadata) for e in events],
         )
         async with self._connection() as conn:
+            # %b: arrays in binary format cost a tenth of the text format to dump (25 ms → 3 ms for 2,500)
             cursor = await conn.execute(
-                self._sql("SELECT * FROM {s}.append_events(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"), args
+                self._sql("SELECT * FROM {s}.append_events(%s, %s, %s, %s, %s, %s, %b, %b, %b, %b)"), args
             )
             outcome, stream_position, global_position = _one(await cursor.fetchone())
         return self._result(stream, expected, outcome, stream_position, global_position)
