@@ -6,7 +6,9 @@ the object (or the values it needs) down.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +29,9 @@ DEV_ADMIN_TOKEN = "dev-admin-token"
 
 # Segment accepts 500 KB per batch; leave room for protobuf framing and gRPC metadata.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+_SOURCE_ID = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 
 
 class SettingsError(ValueError):
@@ -155,6 +160,12 @@ class Settings:
                 )
         if not self.write_keys:
             raise SettingsError("CDP_WRITE_KEYS: at least one write key is needed")
+        for source, key in self.source_keys():
+            if not _SOURCE_ID.match(source) or not key:
+                raise SettingsError(
+                    f"CDP_WRITE_KEYS: {source!r} is not a source id (letters, digits, _ and ., at most 64) "
+                    "or its key is empty"
+                )
         for port_name in (
             "ingest_port",
             "identity_port",
@@ -177,11 +188,13 @@ class Settings:
         return self.read_model_url.replace("{service}", service)
 
     def source_keys(self) -> list[tuple[str, str]]:
-        """`(source id, write key)` pairs; a bare key is its own source id."""
+        """`(source id, write key)` pairs; a bare key gets a source id derived from its hash (keys are secrets)."""
         pairs = []
         for item in self.write_keys:
             source, sep, key = item.partition(":")
-            pairs.append((source, key) if sep else (item, item))
+            pairs.append(
+                (source, key) if sep else (f"key_{hashlib.sha256(item.encode()).hexdigest()[:8]}", item)
+            )
         return pairs
 
 

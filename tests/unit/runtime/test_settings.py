@@ -28,7 +28,11 @@ def test_variables_are_parsed_into_their_types() -> None:
     assert settings.event_store == "sqlite:////tmp/x/events.db"
     assert settings.ingest_port == 6000
     assert settings.grace_seconds == 1.5
-    assert settings.source_keys() == [("web", "abc"), ("ios", "def"), ("raw", "raw")]
+    sources = settings.source_keys()
+    assert sources[:2] == [("web", "abc"), ("ios", "def")]
+    assert sources[2][1] == "raw" and sources[2][0].startswith("key_"), (
+        "a bare key never becomes its source id"
+    )
 
 
 def test_a_malformed_value_names_its_variable() -> None:
@@ -64,3 +68,10 @@ def test_production_refuses_development_credentials_and_missing_secrets() -> Non
     without_secret = {k: v for k, v in production.items() if k != "CDP_SUBJECT_SECRET"}
     with pytest.raises(SettingsError, match="CDP_SUBJECT_SECRET"):
         Settings.from_env(without_secret)
+
+
+def test_source_ids_must_be_safe_to_record() -> None:
+    with pytest.raises(SettingsError, match="CDP_WRITE_KEYS"):
+        Settings.from_env({"CDP_WRITE_KEYS": "my web:abc"})
+    with pytest.raises(SettingsError, match="CDP_WRITE_KEYS"):
+        Settings.from_env({"CDP_WRITE_KEYS": "web:"})
