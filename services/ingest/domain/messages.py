@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cdp.errors import FieldViolation, InvalidInput
+from services.ingest.domain.outcomes import Reason
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -46,6 +47,14 @@ _SPEC_FIELDS = frozenset(
         *_DROPPED,
     )
 )
+
+
+class InvalidMessage(InvalidInput):
+    """A message that breaks the spec; `reason` classifies the first problem for the sender."""
+
+    def __init__(self, violations: list[FieldViolation], reason: Reason) -> None:
+        super().__init__(violations)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -124,30 +133,39 @@ def parse_message(
     message_id: str | None = None,
     path: str = "",
 ) -> Message:
-    """Validate one raw message and settle its timestamps; raise `InvalidInput` naming every bad field.
+    """Validate one raw message and settle its timestamps; raise `InvalidMessage` naming every bad field.
 
     `default_type` is the type implied by the endpoint (`/v1/track`); `message_id` is used when the message
     has none (the caller makes it deterministic where it can, so retries still deduplicate).
     """
     prefix = f"{path}." if path else ""
+    whole = path or "message"
     if not isinstance(raw, Mapping):
-        raise InvalidInput.field(path or "message", "must be a JSON object")
-    problems: list[FieldViolation] = []
-
-    def bad(name: str, description: str) -> None:
-        problems.append(FieldViolation(prefix + name, description))
-
+        raise InvalidMessage([FieldViolation(whole, "must be a JSON object")], Reason.INVALID_FIELD)
     size = _encoded_size(raw)
     if size > MAX_MESSAGE_BYTES:
-        raise InvalidInput.field(
-            path or "message", f"is {size} bytes; a message may have at most {MAX_MESSAGE_BYTES}"
-        )
+        too_large = f"is {size} bytes; a message may have at most {MAX_MESSAGE_BYTES}"
+        raise InvalidMessage([FieldViolation(whole, too_large)], Reason.MESSAGE_TOO_LARGE)
+    problems: list[FieldViolation] = []
+    reasons: list[Reason] = []
+
+    def bad(name: str, description: str, reason: Reason = Reason.INVALID_FIELD) -> None:
+        problems.append(FieldViolation(prefix + name, description))
+        reasons.append(reason)
+
+    def fail() -> InvalidMessage:
+        return InvalidMessage(problems, reasons[0])
+
     kind = raw.get("type", default_type)
     if default_type is not None and kind != default_type and raw.get("type") is not None:
         bad("type", f"is {kind!r} but this endpoint takes {default_type!r} messages")
     if kind not in MESSAGE_TYPES:
-        bad("type", f"must be one of {', '.join(MESSAGE_TYPES)}")
-        raise InvalidInput(problems)
+        bad(
+            "type",
+            f"must be one of {', '.join(MESSAGE_TYPES)}",
+            Reason.MISSING_FIELD if kind is None else Reason.INVALID_FIELD,
+        )
+        raise fail()
 
     user_id = _identifier(raw, "userId", bad)
     anonymous_id = _identifier(raw, "anonymousId", bad)
@@ -155,17 +173,17 @@ def parse_message(
     group_id = _identifier(raw, "groupId", bad)
     if kind == "alias":
         if previous_id is None:
-            bad("previousId", "is required for alias")
+            bad("previousId", "is required for alias", Reason.MISSING_FIELD)
         if user_id is None:
-            bad("userId", "is required for alias")
+            bad("userId", "is required for alias", Reason.MISSING_FIELD)
     elif user_id is None and anonymous_id is None and not problems:
-        bad("userId", "userId or anonymousId is required (a non-empty string)")
+        bad("userId", "userId or anonymousId is required (a non-empty string)", Reason.MISSING_FIELD)
     if kind == "group" and group_id is None:
-        bad("groupId", "is required for group")
+        bad("groupId", "is required for group", Reason.MISSING_FIELD)
 
     event = _text(raw, "event", MAX_EVENT_NAME, bad)
     if kind == "track" and not event:
-        bad("event", "is required for track")
+        bad("event", "is required for track", Reason.MISSING_FIELD)
     name = _text(raw, "name", MAX_EVENT_NAME, bad)
     category = _text(raw, "category", MAX_EVENT_NAME, bad)
 
@@ -173,19 +191,19 @@ def parse_message(
     objects = {key: _object(raw, key, bad) for key in _OBJECT_FIELDS}
     times = {key: _time(raw, key, bad) for key in _TIME_FIELDS}
     if problems:
-        raise InvalidInput(problems)
+        raise fail()
 
     original = times["originalTimestamp"] or times["timestamp"]
     timestamp = settle_timestamp(original, times["sentAt"], received_at)
     if timestamp < EARLIEST_TIMESTAMP:
-        bad("timestamp", f"is before {EARLIEST_TIMESTAMP.date()}")
+        bad("timestamp", f"is before {EARLIEST_TIMESTAMP.date()}", Reason.TIMESTAMP_OUT_OF_RANGE)
     elif timestamp > received_at + MAX_FUTURE:
-        bad("timestamp", "is more than a day in the future")
+        bad("timestamp", "is more than a day in the future", Reason.TIMESTAMP_OUT_OF_RANGE)
     resolved_id = given_id or message_id
     if not resolved_id:
-        bad("messageId", "is required")
+        bad("messageId", "is required", Reason.MISSING_FIELD)
     if problems:
-        raise InvalidInput(problems)
+        raise fail()
     assert resolved_id is not None
     return Message(
         type=kind,

@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdp.errors import InvalidInput
-from services.ingest.domain.messages import MAX_MESSAGE_BYTES, parse_message, settle_timestamp
+from services.ingest.domain.messages import MAX_MESSAGE_BYTES, InvalidMessage, parse_message, settle_timestamp
+from services.ingest.domain.outcomes import Reason
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -148,3 +149,24 @@ def test_arbitrary_json_is_either_a_message_or_a_clear_error(raw: dict[str, Any]
     else:
         assert message.user_id or message.anonymous_id
         assert message.type in ("identify", "track", "page", "screen", "group", "alias")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"type": "track", "userId": "u"}, Reason.MISSING_FIELD),
+        ({"type": "track", "userId": "u", "event": 5}, Reason.INVALID_FIELD),
+        (
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "2099-01-01T00:00:00Z"},
+            Reason.TIMESTAMP_OUT_OF_RANGE,
+        ),
+        (
+            {"type": "track", "userId": "u", "event": "E", "properties": {"x": "y" * 40_000}},
+            Reason.MESSAGE_TOO_LARGE,
+        ),
+    ],
+)
+def test_a_rejection_is_classified_for_the_sender(raw: dict[str, Any], reason: Reason) -> None:
+    with pytest.raises(InvalidMessage) as raised:
+        parse_message(raw, received_at=NOW, message_id="m")
+    assert raised.value.reason is reason
