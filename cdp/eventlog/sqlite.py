@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cdp.eventlog.common import (
@@ -104,7 +105,8 @@ def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
 
 
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, schema ensured."""
+    """A connection in autocommit mode (transactions are explicit), WAL, schema ensured, folder created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -341,14 +343,17 @@ class SQLiteEventStore(EventStore):
 
     def _executor(self, workers: int, name: str) -> ThreadPoolExecutor:
         """Worker threads, each opening its own connection on first use."""
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=self._open_thread)
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
-    def _open_thread(self) -> None:
-        """Give the current worker thread its connection."""
-        conn = connect(self._path, self._busy_timeout)
-        self._local.conn = conn
-        with self._connections_lock:
-            self._connections.append(conn)
+    def _thread_connection(self) -> sqlite3.Connection:
+        """The current worker thread's connection, opened on its first use (a failure is retried next call)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self._path, self._busy_timeout)
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
 
     async def _run(self, executor: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
         """Run `work(connection, *args)` on a worker thread, mapping lock timeouts to EventStoreUnavailable."""
@@ -361,7 +366,7 @@ class SQLiteEventStore(EventStore):
 
     def _call(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         """Called on the worker thread."""
-        return work(self._local.conn, *args)
+        return work(self._thread_connection(), *args)
 
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY

@@ -79,3 +79,23 @@ class TestSQLiteEventStore(EventStoreContract):
         await store.append("x-1", new_events(1))
         assert self.path.exists()
         await store.close()
+
+    async def test_a_missing_folder_is_created_on_first_use(self, tmp_path: Path) -> None:
+        store = SQLiteEventStore(str(tmp_path / "new" / "folder" / "events.db"))
+        try:
+            await store.append("x-1", new_events(1))
+            assert (tmp_path / "new" / "folder" / "events.db").exists()
+        finally:
+            await store.close()
+
+    async def test_an_unopenable_file_is_reported_and_retried(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a folder")
+        store = SQLiteEventStore(str(blocker / "events.db"))
+        try:
+            with pytest.raises(OSError):
+                await store.head_position()
+            blocker.unlink()
+            assert await store.head_position() == -1
+        finally:
+            await store.close()
