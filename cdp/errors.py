@@ -24,8 +24,12 @@ class DomainError(Exception):
 class InvalidInput(DomainError):
     """The request is malformed; the violations name each bad field."""
 
-    def __init__(self, violations: Iterable[FieldViolation] | FieldViolation) -> None:
+    def __init__(
+        self, violations: Iterable[FieldViolation] | FieldViolation, *, reason: str | None = None
+    ) -> None:
         self.violations = [violations] if isinstance(violations, FieldViolation) else list(violations)
+        self.reason = reason
+        """A machine-readable classification (`REJECTION_REASON_MISSING_FIELD`), sent as google.rpc.ErrorInfo."""
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
 
     @classmethod

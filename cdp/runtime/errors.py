@@ -44,6 +44,10 @@ def to_grpc_status(error: errors.DomainError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         details.append(packed)
+        if error.reason:
+            info = any_pb2.Any()
+            info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain="cdp"))
+            details.append(info)
     if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,12 +17,15 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cdp.eventlog.projection import ProjectionRunner
 from cdp.runtime.auth import Access, Authenticator
 from cdp.runtime.interceptor import EdgeInterceptor
 from cdp.runtime.logging import configure_logging
 from cdp.runtime.settings import Settings
 
 log = structlog.get_logger("cdp.server")
+
+LAG_REPORT_SECONDS = 30.0
 
 
 @dataclass
@@ -42,6 +46,9 @@ class ServiceApp:
 
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Clean-ups run after the server stopped (close the event store, dispose engines)."""
+
+    projections: list[ProjectionRunner] = field(default_factory=list)
+    """The service's projection runners: started with the server, their lag logged (see `report_lag`)."""
 
 
 def method_access(service: ServiceDescriptor, methods: Iterable[str], access: Access) -> dict[str, Access]:
@@ -92,7 +99,10 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.host}:{self._requested_port}")
         await self.server.start()
-        self._tasks = [asyncio.create_task(self._guard(job)) for job in self.app.background]
+        jobs = [*self.app.background, *(runner.run for runner in self.app.projections)]
+        if self.app.projections:
+            jobs.append(self._report_lag)
+        self._tasks = [asyncio.create_task(self._guard(job)) for job in jobs]
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", service=self.app.name, address=self.address, services=names)
@@ -122,6 +132,16 @@ class GrpcServer:
         finally:
             log.info("server_draining", service=self.app.name, grace_seconds=self.settings.grace_seconds)
             await self.stop()
+
+    async def _report_lag(self, every: float = LAG_REPORT_SECONDS) -> None:
+        """Log each projection's lag (head - checkpoint); a failed projection takes the service out of SERVING."""
+        while True:
+            await asyncio.sleep(every)
+            for runner in self.app.projections:
+                status = await runner.status()
+                log.info("projection_status", **dataclasses.asdict(status))
+                if status.state == "failed":
+                    await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _guard(self, job: Callable[[], Awaitable[None]]) -> None:
         """A background task that dies takes the service out of SERVING rather than failing silently."""

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-from cdp.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from cdp.runtime.auth import Access
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cdp.common.v1 import message_pb2
+from cdp.errors import FieldViolation, InvalidInput
+from cdp.ingest.v1 import ingest_service_pb2 as pb
+from cdp.ingest.v1 import ingest_service_pb2_grpc
+from cdp.runtime.auth import Access, current_principal
 from cdp.runtime.placeholders import with_placeholders
 from cdp.runtime.server import method_access
+from cdp.runtime.validation import validate_request
+from services.ingest.application import Collector
+from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
+from services.ingest.domain.outcomes import Outcome, Reason, Status
+from services.ingest.domain.plans import ViolationReason
 
-SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"]
+SERVICE = pb.DESCRIPTOR.services_by_name["IngestService"]
 
-_COLLECTION = "collection of Segment-spec messages (issue: Ingest)"
 _CATALOG = "attribute catalog and CSV onboarding (issue: Ingest)"
 _PLANS = "tracking plans (issue: Ingest)"
 CAPABILITIES = {
-    "Identify": _COLLECTION,
-    "Track": _COLLECTION,
-    "Page": _COLLECTION,
-    "Screen": _COLLECTION,
-    "Group": _COLLECTION,
-    "Alias": _COLLECTION,
-    "Batch": _COLLECTION,
-    "StreamMessages": _COLLECTION,
+    **{name: "collection" for name in ("Identify", "Track", "Page", "Screen", "Group", "Alias")},
+    "Batch": "collection",
+    "StreamMessages": "collection",
     "ImportCsv": _CATALOG,
     "DefineAttribute": _CATALOG,
     "ListAttributes": _CATALOG,
@@ -36,8 +47,219 @@ ACCESS = method_access(
     Access.WRITE_KEY,
 )
 
+STREAM_WINDOW = 100
+"""Credit announced to streaming producers: unacknowledged messages they may have in flight."""
+
+_TYPES = {
+    message_pb2.MESSAGE_TYPE_IDENTIFY: "identify",
+    message_pb2.MESSAGE_TYPE_TRACK: "track",
+    message_pb2.MESSAGE_TYPE_PAGE: "page",
+    message_pb2.MESSAGE_TYPE_SCREEN: "screen",
+    message_pb2.MESSAGE_TYPE_GROUP: "group",
+    message_pb2.MESSAGE_TYPE_ALIAS: "alias",
+}
+_REJECTION = {reason: getattr(pb, f"REJECTION_REASON_{reason.name}") for reason in Reason}
+_VIOLATION = {reason: getattr(pb, f"VIOLATION_REASON_{reason.name}") for reason in ViolationReason}
+_STATUS = {
+    Status.ACCEPTED: pb.MESSAGE_STATUS_ACCEPTED,
+    Status.DUPLICATE: pb.MESSAGE_STATUS_DUPLICATE,
+    Status.REJECTED: pb.MESSAGE_STATUS_REJECTED,
+}
+
+
+_SingleRequest = (
+    pb.IdentifyRequest
+    | pb.TrackRequest
+    | pb.PageRequest
+    | pb.ScreenRequest
+    | pb.GroupRequest
+    | pb.AliasRequest
+)
+
 
 class IngestServicer(
     with_placeholders(ingest_service_pb2_grpc.IngestServiceServicer, SERVICE, CAPABILITIES)  # type: ignore[misc]
 ):
     """The `cdp.ingest.v1.IngestService` implementation."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+
+    async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:
+        return pb.IdentifyResponse(result=await self._single(request, "identify"))
+
+    async def Track(self, request: pb.TrackRequest, context: Any) -> pb.TrackResponse:
+        return pb.TrackResponse(result=await self._single(request, "track"))
+
+    async def Page(self, request: pb.PageRequest, context: Any) -> pb.PageResponse:
+        return pb.PageResponse(result=await self._single(request, "page"))
+
+    async def Screen(self, request: pb.ScreenRequest, context: Any) -> pb.ScreenResponse:
+        return pb.ScreenResponse(result=await self._single(request, "screen"))
+
+    async def Group(self, request: pb.GroupRequest, context: Any) -> pb.GroupResponse:
+        return pb.GroupResponse(result=await self._single(request, "group"))
+
+    async def Alias(self, request: pb.AliasRequest, context: Any) -> pb.AliasResponse:
+        return pb.AliasResponse(result=await self._single(request, "alias"))
+
+    async def Batch(self, request: pb.BatchRequest, context: Any) -> pb.BatchResponse:
+        validate_batch(request)
+        defaults = {
+            "context": json_format.MessageToDict(request.context) if request.HasField("context") else None,
+            "integrations": json_format.MessageToDict(request.integrations)
+            if request.HasField("integrations")
+            else None,
+            "sentAt": _time_text(request.sent_at) if request.HasField("sent_at") else None,
+        }
+        outcomes = await self._collector.collect(
+            current_principal.get().source_id,
+            [message_to_json(message) for message in request.messages],
+            defaults=defaults,
+            path="messages",
+        )
+        counts = {status: sum(1 for o in outcomes if o.status is status) for status in Status}
+        return pb.BatchResponse(
+            results=[result_to_proto(outcome) for outcome in outcomes],
+            accepted_count=counts[Status.ACCEPTED],
+            duplicate_count=counts[Status.DUPLICATE],
+            rejected_count=counts[Status.REJECTED],
+        )
+
+    async def StreamMessages(
+        self, requests: AsyncIterator[pb.StreamMessagesRequest], context: Any
+    ) -> AsyncIterator[pb.StreamMessagesResponse]:
+        """Micro-batches whatever the producer has in flight; acknowledges each message in order."""
+        source_id = current_principal.get().source_id
+        pending: asyncio.Queue[pb.StreamMessagesRequest | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+        reader = asyncio.create_task(_read_into(requests, pending))
+        last_sequence = -1
+        try:
+            while True:
+                batch = await _take_available(pending)
+                if not batch:
+                    break
+                for item in batch:
+                    if item.sequence <= last_sequence:
+                        raise InvalidInput.field(
+                            "sequence", f"{item.sequence} does not increase (last {last_sequence})"
+                        )
+                    last_sequence = item.sequence
+                outcomes = await self._collector.collect(
+                    source_id,
+                    [message_to_json(item.message) for item in batch],
+                    path="message",
+                    indexed=False,
+                )
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    yield pb.StreamMessagesResponse(
+                        sequence=item.sequence, result=result_to_proto(outcome, index=0), window=STREAM_WINDOW
+                    )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await reader
+
+    async def _single(self, request: _SingleRequest, kind: str) -> pb.MessageResult:
+        """One message: a rejection fails the call with INVALID_ARGUMENT naming the fields."""
+        validate_request(request)
+        [outcome] = await self._collector.collect(
+            current_principal.get().source_id,
+            [message_to_json(request.message)],
+            default_type=kind,
+            path="message",
+            indexed=False,
+        )
+        if outcome.status is Status.REJECTED and outcome.reason is not Reason.SUPPRESSED:
+            violations = outcome.violations or tuple(
+                FieldViolation(
+                    f"message.{v.field}" if v.field else "message.event", v.description or v.reason.value
+                )
+                for v in outcome.plan_violations
+            )
+            reason = outcome.reason.name if outcome.reason else "INVALID_FIELD"
+            raise InvalidInput(violations, reason=f"REJECTION_REASON_{reason}")
+        return result_to_proto(outcome)
+
+
+def validate_batch(request: pb.BatchRequest) -> None:
+    """Segment's batch limits: at most 2,500 messages and 500 KB; over them, nothing is appended."""
+    if not request.messages:
+        raise InvalidInput.field("messages", "a batch needs at least one message")
+    if len(request.messages) > MAX_BATCH_MESSAGES:
+        raise InvalidInput.field(
+            "messages", f"{len(request.messages)} messages; a batch may have at most {MAX_BATCH_MESSAGES}"
+        )
+    size = request.ByteSize()
+    if size > MAX_BATCH_BYTES:
+        raise InvalidInput.field("messages", f"the batch is {size} bytes; at most {MAX_BATCH_BYTES}")
+
+
+def message_to_json(message: message_pb2.Message) -> dict[str, Any]:
+    """The protobuf message in Segment's JSON shape (camelCase keys, ISO-8601 times, lower-case type)."""
+    document: dict[str, Any] = json_format.MessageToDict(message)
+    kind = _TYPES.get(message.type)
+    document.pop("receivedAt", None)
+    if kind is None:
+        document.pop("type", None)
+    else:
+        document["type"] = kind
+    return document
+
+
+def result_to_proto(outcome: Outcome, *, index: int | None = None) -> pb.MessageResult:
+    """One outcome as the contract's MessageResult."""
+    received_at = Timestamp()
+    received_at.FromDatetime(outcome.received_at)
+    result = pb.MessageResult(
+        index=outcome.index if index is None else index,
+        message_id=outcome.message_id or "",
+        status=_STATUS[outcome.status],
+        field_violations=[
+            pb.FieldViolation(field=v.field, description=v.description) for v in outcome.violations
+        ],
+        plan_violations=[
+            pb.PlanViolation(
+                reason=_VIOLATION[v.reason],
+                field=v.field,
+                description=v.description,
+            )
+            for v in outcome.plan_violations
+        ],
+        received_at=received_at,
+    )
+    if outcome.reason is not None:
+        result.reason = _REJECTION[outcome.reason]
+    return result
+
+
+async def _read_into(
+    requests: AsyncIterator[pb.StreamMessagesRequest], queue: asyncio.Queue[pb.StreamMessagesRequest | None]
+) -> None:
+    """Pull the producer's messages; the bounded queue is the flow control (gRPC stops reading when full)."""
+    try:
+        async for request in requests:
+            await queue.put(request)
+    finally:
+        await queue.put(None)
+
+
+async def _take_available(
+    queue: asyncio.Queue[pb.StreamMessagesRequest | None],
+) -> Sequence[pb.StreamMessagesRequest]:
+    """Wait for one message, then take every other one already waiting (the end of stream stops the batch)."""
+    first = await queue.get()
+    if first is None:
+        return []
+    batch = [first]
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is None:
+            queue.put_nowait(None)  # keep the end marker for the next call
+            break
+        batch.append(item)
+    return batch
+
+
+def _time_text(value: Timestamp) -> str:
+    return value.ToJsonString()

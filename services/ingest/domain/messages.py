@@ -53,8 +53,8 @@ class InvalidMessage(InvalidInput):
     """A message that breaks the spec; `reason` classifies the first problem for the sender."""
 
     def __init__(self, violations: list[FieldViolation], reason: Reason) -> None:
-        super().__init__(violations)
-        self.reason = reason
+        super().__init__(violations, reason=f"REJECTION_REASON_{reason.name}")
+        self.rejection = reason
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cdp.errors import FieldViolation
+
+if TYPE_CHECKING:
+    from services.ingest.domain.plans import PlanViolation
 
 
 class Status(enum.Enum):
@@ -38,4 +42,4 @@ class Outcome:
     received_at: datetime
     reason: Reason | None = None
     violations: tuple[FieldViolation, ...] = ()
-    plan_violations: tuple[str, ...] = ()
+    plan_violations: tuple[PlanViolation, ...] = ()

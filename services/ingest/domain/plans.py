@@ -9,6 +9,30 @@ from typing import Protocol
 from services.ingest.domain.messages import Message
 
 
+class ViolationReason(enum.Enum):
+    """Why a message does not fit its plan (names match the contract's ViolationReason)."""
+
+    UNPLANNED_EVENT = "unplanned_event"
+    UNPLANNED_PROPERTY = "unplanned_property"
+    MISSING_REQUIRED = "missing_required"
+    INVALID_TYPE = "invalid_type"
+    INVALID_VALUE = "invalid_value"
+    COMMON_SCHEMA = "common_schema"
+
+
+@dataclass(frozen=True)
+class PlanViolation:
+    """One way a message breaks its plan; `field` is a path like `properties.price` (never a value)."""
+
+    reason: ViolationReason
+    field: str = ""
+    description: str = ""
+
+    def encode(self) -> str:
+        """How the violation is kept with a flagged event: `reason:field` (no values, so no personal data)."""
+        return f"{self.reason.value}:{self.field}"
+
+
 class Verdict(enum.Enum):
     """What to do with a message given its source's plan."""
 
@@ -19,11 +43,11 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class PlanDecision:
-    """The verdict, the violations found (`event.property: reason`), and the message to store."""
+    """The verdict, the violations found, and the message to store (unplanned properties maybe omitted)."""
 
     verdict: Verdict
     message: Message
-    violations: tuple[str, ...] = field(default=())
+    violations: tuple[PlanViolation, ...] = field(default=())
 
 
 class PlanCheck(Protocol):

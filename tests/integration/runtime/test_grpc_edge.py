@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,15 +18,17 @@ from cdp.ingest.v1 import ingest_service_pb2_grpc
 from cdp.runtime.errors import field_violations
 from cdp.runtime.server import GrpcServer
 from cdp.runtime.settings import Settings
+from cdp.segments.v1 import segments_service_pb2, segments_service_pb2_grpc
 from services.ingest.main import build
+from services.segments.main import build as build_segments
 
 WRITE_KEY = (("authorization", "Bearer dev-write-key"),)
 ADMIN = (("authorization", "Bearer dev-admin-token"),)
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[GrpcServer]:
-    settings = replace(Settings.from_env({}), grace_seconds=0.5)
+async def server(tmp_path: Path) -> AsyncIterator[GrpcServer]:
+    settings = replace(Settings.from_env({"CDP_DATA_DIR": str(tmp_path)}), grace_seconds=0.5)
     running = GrpcServer(await build(settings), settings, port=0)
     await running.start()
     yield running
@@ -94,17 +97,28 @@ async def test_a_malformed_request_is_invalid_argument_naming_the_field(
     assert "message.timestamp" in (raised.value.details() or "")
 
 
-async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(
-    stub: ingest_service_pb2_grpc.IngestServiceAsyncStub,
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.Track(a_track(), metadata=WRITE_KEY)
+async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(tmp_path: Path) -> None:
+    settings = replace(Settings.from_env({"CDP_DATA_DIR": str(tmp_path)}), grace_seconds=0.5)
+    running = GrpcServer(await build_segments(settings), settings, port=0)
+    await running.start()
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            segments = segments_service_pb2_grpc.SegmentsServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await segments.GetAudience(
+                    segments_service_pb2.GetAudienceRequest(audience_id="a"), metadata=ADMIN
+                )
+    finally:
+        await running.stop()
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "collection of Segment-spec messages" in (raised.value.details() or "")
+    assert "audiences and computed traits" in (raised.value.details() or "")
 
 
 async def test_every_reply_carries_a_request_id(stub: ingest_service_pb2_grpc.IngestServiceAsyncStub) -> None:
     call = stub.Track(a_track(), metadata=(*WRITE_KEY, ("x-request-id", "req-42")))
-    with pytest.raises(grpc.aio.AioRpcError):
-        await call
+    await call
     assert ("x-request-id", "req-42") in tuple(await call.trailing_metadata())
+    failing = stub.Track(a_track(), metadata=(("x-request-id", "req-43"),))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await failing
+    assert ("x-request-id", "req-43") in tuple(await failing.trailing_metadata())
