@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cdp import errors
@@ -54,7 +54,8 @@ def to_grpc_status(error: errors.DomainError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(retry)
         details.append(packed)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
+    # code.value is (number, name); google.rpc.code_pb2 is avoided: kurrentdbclient registers its own copy.
+    status = status_pb2.Status(code=code.value[0], message=str(error), details=details)
     return rpc_status.to_status(status)
 
 
