@@ -169,4 +169,5 @@ def test_arbitrary_json_is_either_a_message_or_a_clear_error(raw: dict[str, Any]
 def test_a_rejection_is_classified_for_the_sender(raw: dict[str, Any], reason: Reason) -> None:
     with pytest.raises(InvalidMessage) as raised:
         parse_message(raw, received_at=NOW, message_id="m")
-    assert raised.value.reason is reason
+    assert raised.value.rejection is reason
+    assert raised.value.reason == f"REJECTION_REASON_{reason.name}"
