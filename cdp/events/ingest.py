@@ -38,7 +38,9 @@ class MessageCollected(DomainEvent, type_name="MessageCollected"):
 
     def open_payload(self, keyring: Keyring) -> dict[str, Any]:
         """The personal fields (camelCase, as Segment names them); raises `SubjectErased` once shredded."""
-        payload: dict[str, Any] = keyring.decrypt_value(self.subject_id, self.payload, context=PAYLOAD_CONTEXT)
+        payload: dict[str, Any] = keyring.decrypt_value(
+            self.subject_id, self.payload, context=PAYLOAD_CONTEXT
+        )
         return payload
 
 
