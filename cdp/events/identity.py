@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from cdp.events.envelope import DomainEvent
+from cdp.events.envelope import DomainEvent, JsonObject
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,6 +15,10 @@ class IdentityRulesSet(DomainEvent, type_name="IdentityRulesSet"):
 
     priority: tuple[str, ...]
     limits: Mapping[str, int]
+    rules: JsonObject = field(default_factory=dict)
+    """The whole rule set (per type: value_limit, limit_window_seconds, blocked_values, blocked_patterns)."""
+    max_merges: int | None = None
+    """At most this many profiles merged into one; None: unlimited."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +29,12 @@ class IdentifierLinked(DomainEvent, type_name="IdentifierLinked"):
     identifier_type: str
     subject_id: str
     causing_message_id: str
+    rule: str = "new_identifier"
+    """Why: `new_identifier`, `shared_message` (seen together with the profile's identifiers) or `alias`."""
+    creates_profile: bool = False
+    """True for the first identifier of a new profile."""
+    seen_at: datetime | None = None
+    """Event time of the causing message (what value-limit windows count from)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +45,8 @@ class ProfilesMerged(DomainEvent, type_name="ProfilesMerged"):
     merged_profile_id: str
     rule: str
     causing_message_id: str
+    decided_at: datetime | None = None
+    """Event time of the causing message."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +57,12 @@ class MergeRejected(DomainEvent, type_name="MergeRejected"):
     other_profile_id: str
     rule: str
     causing_message_id: str
+    identifier_type: str = ""
+    """The type of the identifier the message could not link (dropped by the rule)."""
+    subject_id: str = ""
+    """The subject id of that identifier."""
+    decided_at: datetime | None = None
+    """Event time of the causing message."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,3 +73,9 @@ class ProfileSplit(DomainEvent, type_name="ProfileSplit"):
     new_profile_id: str
     subject_ids: tuple[str, ...]
     reason: str
+    prevent_relink: bool = False
+    """The two profiles must not be merged again automatically."""
+    undone_decision_id: str = ""
+    """The LINK or MERGE decision this split undid; empty when an identifier was split off."""
+    decided_at: datetime | None = None
+    """When the operator's split was applied."""

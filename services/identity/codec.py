@@ -1,0 +1,118 @@
+"""Decisions ↔ the catalog's identity events, and the event metadata and streams they are appended with."""
+
+from __future__ import annotations
+
+import uuid
+
+from cdp.eventlog.port import NewEvent, RecordedEvent
+from cdp.events import EventMetadata
+from cdp.events.envelope import DomainEvent
+from cdp.events.identity import IdentifierLinked, MergeRejected, ProfilesMerged, ProfileSplit
+from cdp.events.streams import profile_stream
+from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split
+
+ACTOR = "service:identity"
+DECISION_TYPES = ("IdentifierLinked", "ProfilesMerged", "MergeRejected", "ProfileSplit")
+
+
+def to_event(decision: Decision) -> DomainEvent:
+    """The catalog event recording a decision."""
+    if isinstance(decision, Linked):
+        return IdentifierLinked(
+            profile_id=decision.profile,
+            identifier_type=decision.type,
+            subject_id=decision.subject,
+            causing_message_id=decision.cause,
+            rule=decision.rule,
+            creates_profile=decision.creates,
+            seen_at=decision.seen_at,
+        )
+    if isinstance(decision, Merged):
+        return ProfilesMerged(
+            profile_id=decision.profile,
+            merged_profile_id=decision.merged,
+            rule=decision.rule,
+            causing_message_id=decision.cause,
+            decided_at=decision.at,
+        )
+    if isinstance(decision, Rejected):
+        return MergeRejected(
+            profile_id=decision.profile,
+            other_profile_id=decision.other,
+            rule=decision.rule,
+            causing_message_id=decision.cause,
+            identifier_type=decision.type,
+            subject_id=decision.subject,
+            decided_at=decision.at,
+        )
+    return ProfileSplit(
+        profile_id=decision.profile,
+        new_profile_id=decision.new_profile,
+        subject_ids=decision.subjects,
+        reason=decision.reason,
+        prevent_relink=decision.prevent_relink,
+        undone_decision_id=decision.undone,
+        decided_at=decision.at,
+    )
+
+
+def from_event(decision_id: str, event: DomainEvent) -> Decision | None:
+    """The decision an identity event records (None for other events)."""
+    if isinstance(event, IdentifierLinked):
+        return Linked(
+            decision_id,
+            event.profile_id,
+            event.identifier_type,
+            event.subject_id,
+            event.rule,
+            event.creates_profile,
+            event.seen_at,
+            event.causing_message_id,
+        )
+    if isinstance(event, ProfilesMerged):
+        return Merged(
+            decision_id,
+            event.profile_id,
+            event.merged_profile_id,
+            event.rule,
+            event.causing_message_id,
+            event.decided_at,
+        )
+    if isinstance(event, MergeRejected):
+        return Rejected(
+            decision_id,
+            event.profile_id,
+            event.other_profile_id,
+            event.rule,
+            event.identifier_type,
+            event.subject_id,
+            event.causing_message_id,
+            event.decided_at,
+        )
+    if isinstance(event, ProfileSplit):
+        return Split(
+            decision_id,
+            event.profile_id,
+            event.new_profile_id,
+            event.subject_ids,
+            event.reason,
+            event.prevent_relink,
+            event.undone_decision_id,
+            event.decided_at,
+        )
+    return None
+
+
+def stream_of(decision: Decision) -> str:
+    """Every decision goes to the stream of the profile it is about (the survivor of a merge)."""
+    return profile_stream(decision.profile)
+
+
+def new_event(decision: Decision, metadata: EventMetadata) -> NewEvent:
+    """The decision ready to append, its event id being the (deterministic) decision id."""
+    return to_event(decision).to_new_event(metadata, id=uuid.UUID(decision.decision_id))
+
+
+def caused_by(message: RecordedEvent) -> EventMetadata:
+    """Metadata of decisions about a message: same correlation, caused by the message's event."""
+    return EventMetadata.caused_by(message, ACTOR)

@@ -1,0 +1,1 @@
+"""Identity resolution as pure logic: identifiers, rules, the graph, the decider, profile history."""

@@ -1,0 +1,381 @@
+"""The identity read model: graph, histories, identifier values, decisions and profile views in SQL.
+
+The resolver keeps the live state in memory and writes only what a batch changed, in the same transaction
+as its checkpoint; queries read these tables from the gRPC side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split, decided_at
+from services.identity.domain.graph import Graph, Link, Node
+from services.identity.domain.history import EPOCH, History, fold, micros
+from services.identity.domain.rules import Rules, TypeRule, default_rules
+
+metadata = MetaData()
+
+links = Table(
+    "identity_links",
+    metadata,
+    Column("subject_id", String(32), primary_key=True),
+    Column("type", String(80), nullable=False),
+    Column("profile_id", String(36), nullable=False, index=True),
+    Column("home", String(36), nullable=False),
+    Column("linked_at", BigInteger),
+    Column("decision_id", String(36), nullable=False),
+)
+values = Table(
+    "identity_values",
+    metadata,
+    Column("subject_id", String(32), primary_key=True),
+    Column("type", String(80), nullable=False),
+    Column("value", String(1024), nullable=False),
+)
+profiles = Table(
+    "identity_profiles",
+    metadata,
+    Column("profile_id", String(36), primary_key=True),
+    Column("redirect", String(36), index=True),
+    Column("merges", Integer, nullable=False),
+    Column("no_relink", JSON, nullable=False),
+    Column("refused", JSON, nullable=False),
+    Column("traits", JSON, nullable=False),
+    Column("stats", JSON, nullable=False),
+    Column("create_time", BigInteger),
+    Column("update_time", BigInteger, index=True),
+)
+histories = Table(
+    "identity_histories",
+    metadata,
+    Column("subject_id", String(32), primary_key=True),
+    Column("data", JSON, nullable=False),
+)
+erased = Table("identity_erased", metadata, Column("subject_id", String(32), primary_key=True))
+decisions = Table(
+    "identity_decisions",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision_id", String(36), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("rule", String(120), nullable=False),
+    Column("profile_id", String(36), nullable=False, index=True),
+    Column("other_profile_id", String(36), nullable=False, index=True),
+    Column("identifiers", JSON, nullable=False),
+    Column("cause_message_id", String(200), nullable=False),
+    Column("explanation", String(500), nullable=False),
+    Column("manual", Boolean, nullable=False),
+    Column("decide_time", BigInteger),
+)
+rules_table = Table(
+    "identity_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+CHUNK = 500
+
+
+@dataclass
+class State:
+    """Everything the resolver decides with, plus what changed since the last save."""
+
+    graph: Graph = field(default_factory=Graph)
+    histories: dict[str, History] = field(default_factory=dict)
+    rules: Rules = field(default_factory=default_rules)
+    known_values: set[str] = field(default_factory=set)
+    new_values: dict[str, tuple[str, str]] = field(default_factory=dict)
+    dirty_histories: set[str] = field(default_factory=set)
+    new_decisions: list[dict[str, Any]] = field(default_factory=list)
+    gone_profiles: set[str] = field(default_factory=set)
+    next_seq: int = 0
+    rules_changed: bool = False
+
+    def remember_value(self, subject: str, identifier_type: str, value: str) -> None:
+        """Keep an identifier's clear value (once) for GetProfile."""
+        if subject not in self.known_values:
+            self.known_values.add(subject)
+            self.new_values[subject] = (identifier_type, value)
+
+    def record_decision(self, decision: Decision) -> None:
+        """Queue the decision's row for GetMergeHistory."""
+        self.new_decisions.append(decision_row(self.next_seq, decision))
+        self.next_seq += 1
+
+    def erase(self, subject: str) -> None:
+        """Forget a person: their profile, identifiers, values and histories."""
+        profile, gone = self.graph.erase(subject)
+        if profile is not None:
+            self.gone_profiles.add(profile)
+        for member in gone:
+            self.histories.pop(member, None)
+            self.known_values.discard(member)
+            self.new_values.pop(member, None)
+            self.dirty_histories.add(member)
+
+
+def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
+    """The decisions-table row of a decision."""
+    at = decided_at(decision)
+    row: dict[str, Any] = {
+        "seq": seq,
+        "decision_id": decision.decision_id,
+        "profile_id": decision.profile,
+        "decide_time": micros(at) if at is not None else None,
+        "manual": isinstance(decision, Split),
+        "explanation": "",
+    }
+    if isinstance(decision, Linked):
+        kind, rule, other, ids = (
+            "create" if decision.creates else "link",
+            decision.rule,
+            "",
+            [[decision.type, decision.subject]],
+        )
+    elif isinstance(decision, Merged):
+        kind, rule, other, ids = "merge", decision.rule, decision.merged, []
+    elif isinstance(decision, Rejected):
+        kind, rule, other, ids = "refuse", decision.rule, decision.other, [[decision.type, decision.subject]]
+    else:
+        kind, rule, other, ids = (
+            "split",
+            "manual_split",
+            decision.new_profile,
+            [[s] for s in decision.subjects],
+        )
+        row["explanation"] = decision.reason
+    cause = "" if isinstance(decision, Split) else decision.cause
+    row.update(kind=kind, rule=rule, other_profile_id=other, identifiers=ids, cause_message_id=cause)
+    return row
+
+
+def load_state(session: Session) -> State:
+    """The resolver's state as last committed."""
+    state = State()
+    graph = state.graph
+    for row in session.execute(select(links)):
+        linked_at = from_micros(row.linked_at)
+        graph.links[row.subject_id] = Link(row.type, row.profile_id, row.home, linked_at, row.decision_id)
+    for row in session.execute(select(profiles)):
+        if row.redirect is not None:
+            graph.redirects[row.profile_id] = row.redirect
+            graph.retired_merges[row.profile_id] = row.merges
+        else:
+            graph.nodes[row.profile_id] = Node({}, row.merges, set(row.no_relink), set(row.refused))
+    for subject, link in graph.links.items():
+        graph.nodes[link.profile].subjects[subject] = None
+    _order_subjects(graph)
+    graph.erased = set(session.scalars(select(erased.c.subject_id)))
+    for row in session.execute(select(histories)):
+        state.histories[row.subject_id] = history_from_json(row.data)
+    state.known_values = set(session.scalars(select(values.c.subject_id)))
+    state.next_seq = (
+        session.scalar(select(decisions.c.seq).order_by(decisions.c.seq.desc()).limit(1)) or -1
+    ) + 1
+    rules_row = session.execute(select(rules_table)).first()
+    if rules_row is not None:
+        state.rules = rules_from_row(rules_row.data, rules_row.version)
+    return state
+
+
+def _order_subjects(graph: Graph) -> None:
+    """Subjects in link order (by decision time then id), as the live graph held them."""
+    for node in graph.nodes.values():
+        ordered = sorted(node.subjects, key=lambda s: (micros(graph.links[s].linked_at or EPOCH), s))
+        node.subjects = dict.fromkeys(ordered)
+
+
+def save_state(session: Session, state: State) -> None:
+    """Write what changed since the last save, then clear the change sets."""
+    graph = state.graph
+    subjects = graph.dirty_subjects | state.dirty_histories
+    profile_ids = set(graph.dirty_profiles) | state.gone_profiles
+    profile_ids |= {p for s in state.dirty_histories if (p := graph.profile_of(s)) is not None}
+    _replace(session, links, links.c.subject_id, graph.dirty_subjects, _link_rows(graph))
+    _replace(session, histories, histories.c.subject_id, state.dirty_histories, _history_rows(state))
+    _delete(session, values, values.c.subject_id, [s for s in subjects if s in graph.erased])
+    _insert(
+        session, values, [{"subject_id": s, "type": t, "value": v} for s, (t, v) in state.new_values.items()]
+    )
+    tombstones = [s for s in subjects if s in graph.erased]
+    _replace(session, erased, erased.c.subject_id, tombstones, lambda s: {"subject_id": s})
+    _replace(session, profiles, profiles.c.profile_id, profile_ids, lambda p: profile_row(state, p))
+    if state.gone_profiles:
+        _delete_decisions_of(session, state.gone_profiles)
+    _insert(session, decisions, state.new_decisions)
+    if state.rules_changed:
+        session.execute(delete(rules_table))
+        session.execute(
+            insert(rules_table).values(id=1, version=state.rules.version, data=rules_to_row(state.rules))
+        )
+    _clear(state)
+
+
+def _clear(state: State) -> None:
+    state.graph.dirty_subjects.clear()
+    state.graph.dirty_profiles.clear()
+    state.new_values.clear()
+    state.dirty_histories.clear()
+    state.new_decisions.clear()
+    state.gone_profiles.clear()
+    state.rules_changed = False
+
+
+def _link_rows(graph: Graph) -> Any:
+    def row(subject: str) -> dict[str, Any] | None:
+        link = graph.links.get(subject)
+        if link is None:
+            return None
+        at = micros(link.linked_at) if link.linked_at is not None else None
+        return {
+            "subject_id": subject,
+            "type": link.type,
+            "profile_id": link.profile,
+            "home": link.home,
+            "linked_at": at,
+            "decision_id": link.decision,
+        }
+
+    return row
+
+
+def _history_rows(state: State) -> Any:
+    def row(subject: str) -> dict[str, Any] | None:
+        history = state.histories.get(subject)
+        return None if history is None else {"subject_id": subject, "data": history_to_json(history)}
+
+    return row
+
+
+def profile_row(state: State, profile: str) -> dict[str, Any] | None:
+    """The profiles-table row of a live or merged-away profile (None once erased)."""
+    graph = state.graph
+    node = graph.nodes.get(profile)
+    if node is None:
+        target = graph.redirects.get(profile)
+        if target is None:
+            return None
+        return {
+            "profile_id": profile,
+            "redirect": target,
+            "merges": graph.retired_merges.get(profile, 0),
+            "no_relink": [],
+            "refused": [],
+            "traits": {},
+            "stats": {},
+            "create_time": None,
+            "update_time": None,
+        }
+    view = fold(state.histories[s] for s in node.subjects if s in state.histories)
+    linked = [graph.links[s].linked_at for s in node.subjects]
+    times = [t for t in (*linked, view.first_seen) if t is not None]
+    stats = {
+        "first_seen": micros(view.first_seen) if view.first_seen else None,
+        "last_seen": micros(view.last_seen) if view.last_seen else None,
+        "message_counts": view.counts,
+        "event_counts": view.events,
+        "sources": view.sources,
+    }
+    updated = [t for t in (*linked, view.last_seen) if t is not None]
+    return {
+        "profile_id": profile,
+        "redirect": None,
+        "merges": node.merges,
+        "no_relink": sorted(node.no_relink),
+        "refused": sorted(node.refused),
+        "traits": view.traits,
+        "stats": stats,
+        "create_time": micros(min(times)) if times else None,
+        "update_time": micros(max(updated)) if updated else None,
+    }
+
+
+def _replace(session: Session, table: Table, key: Any, ids: Iterable[str], row: Any) -> None:
+    """Upsert portable across SQLite and PostgreSQL: delete the keys, insert the rows that still exist."""
+    ordered = sorted(ids)
+    _delete(session, table, key, ordered)
+    _insert(session, table, [r for i in ordered if (r := row(i)) is not None])
+
+
+def _delete(session: Session, table: Table, key: Any, ids: Sequence[str]) -> None:
+    for start in range(0, len(ids), CHUNK):
+        session.execute(delete(table).where(key.in_(ids[start : start + CHUNK])))
+
+
+def _insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(table), rows)
+
+
+def _delete_decisions_of(session: Session, gone: set[str]) -> None:
+    ids = sorted(gone)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        session.execute(delete(decisions).where(decisions.c.profile_id.in_(chunk)))
+        session.execute(delete(decisions).where(decisions.c.other_profile_id.in_(chunk)))
+        session.execute(delete(profiles).where(profiles.c.redirect.in_(chunk)))
+
+
+def history_to_json(history: History) -> dict[str, Any]:
+    """A history as a JSON column."""
+    return {
+        "traits": history.traits,
+        "first_seen": micros(history.first_seen) if history.first_seen else None,
+        "last_seen": micros(history.last_seen) if history.last_seen else None,
+        "counts": history.counts,
+        "events": history.events,
+        "sources": history.sources,
+    }
+
+
+def history_from_json(data: dict[str, Any]) -> History:
+    """The inverse of `history_to_json`."""
+    return History(
+        traits=dict(data["traits"]),
+        first_seen=from_micros(data["first_seen"]),
+        last_seen=from_micros(data["last_seen"]),
+        counts=dict(data["counts"]),
+        events=dict(data["events"]),
+        sources=dict(data["sources"]),
+    )
+
+
+def rules_to_row(rules: Rules) -> dict[str, Any]:
+    """The rules as stored in the read model."""
+    return {"rules": [rule.to_json() for rule in rules.rules], "max_merges": rules.max_merges}
+
+
+def rules_from_row(data: dict[str, Any], version: int) -> Rules:
+    """The inverse of `rules_to_row`."""
+    return Rules(tuple(TypeRule.from_json(r) for r in data["rules"]), data.get("max_merges"), version)
+
+
+def from_micros(value: int | None) -> datetime | None:
+    """Microseconds since the epoch back to an aware UTC datetime."""
+    return None if value is None else EPOCH + timedelta(microseconds=value)
+
+
+def dumps(value: Any) -> str:
+    """Compact, key-sorted JSON (for comparisons in tests and tools)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

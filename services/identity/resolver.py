@@ -1,0 +1,323 @@
+"""The resolver: the single writer of identity decisions, and the replay that rebuilds from them.
+
+Live, it reads collected messages in global order from its checkpoint, decides each against the in-memory
+graph, appends the decisions (deterministic ids, so a re-run after a crash appends nothing twice), then
+saves the changed rows with the checkpoint in one read-model transaction. Operator splits go through the
+same lock, so decisions reach the log in exactly the order they were applied: replaying the decision events
+alone rebuilds the same graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+import structlog
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.orm import Session
+
+from cdp.eventlog.port import START, EventFilter, EventStore, EventStoreUnavailable, NewEvent, RecordedEvent
+from cdp.eventlog.projection import checkpoint_metadata, checkpoints
+from cdp.events import DomainEvent, EventMetadata, from_recorded
+from cdp.events.governance import SubjectErased
+from cdp.events.identity import IdentityRulesSet
+from cdp.events.ingest import MessageCollected
+from cdp.keyring import DecryptionFailed, Keyring
+from cdp.keyring import SubjectErased as KeyErased
+from services.identity import codec
+from services.identity.domain.decider import Observation, decide, identities_of, previous_of
+from services.identity.domain.decisions import Decision, Split
+from services.identity.domain.history import History
+from services.identity.domain.identifiers import Hasher
+from services.identity.domain.rules import rules_from_json
+from services.identity.readmodel import State, load_state, metadata, save_state
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINT = "identity-resolver"
+LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
+REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
+
+
+class Observer:
+    """Turns recorded events into state changes; shared by the live resolver, the rebuild and `as_of`."""
+
+    def __init__(self, state: State, keyring: Keyring, hasher: Hasher) -> None:
+        self.state, self.keyring, self.hasher = state, keyring, hasher
+
+    def observe(self, recorded: RecordedEvent, event: MessageCollected) -> Observation | None:
+        """Open the message, remember its identifier values and record its history; None if erased."""
+        try:
+            payload = event.open_payload(self.keyring)
+        except (KeyErased, DecryptionFailed):
+            return None  # shredded: nothing of this person may reach the read model
+        rules = self.state.rules
+        ids = identities_of(payload, rules, self.hasher)
+        previous = previous_of(payload, rules, self.hasher) if event.message_type == "alias" else None
+        for identity in (*ids, *(previous or ())):
+            self.state.remember_value(identity.subject, identity.type, identity.value)
+        traits = payload.get("traits") if event.message_type == "identify" else None
+        obs = Observation(
+            event_id=str(recorded.id),
+            message_id=event.message_id,
+            message_type=event.message_type,
+            timestamp=event.timestamp,
+            identities=ids,
+            previous=previous,
+            source_id=event.source_id,
+            event_name=event.event_name,
+            traits=traits if isinstance(traits, dict) else {},
+        )
+        self._record(obs)
+        return obs
+
+    def set_rules(self, event: IdentityRulesSet, version: int) -> None:
+        """Rules in force from this point of the log."""
+        self.state.rules = rules_from_json(event.rules, event.max_merges, version, event.priority)
+        self.state.rules_changed = True
+
+    def _record(self, obs: Observation) -> None:
+        subject = obs.attribution
+        if subject is None or subject in self.state.graph.erased:
+            return
+        history = self.state.histories.get(subject)
+        if history is None:
+            history = self.state.histories[subject] = History()
+        history.record(obs.message_type, obs.timestamp, obs.source_id, obs.event_name, obs.traits)
+        self.state.dirty_histories.add(subject)
+
+
+class Resolver:
+    """Owns the identity read model: decides live, splits on request, rebuilds from the log."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        keyring: Keyring,
+        hasher: Hasher,
+        engine: Engine,
+        *,
+        batch_size: int = 1000,
+    ) -> None:
+        self._store, self._keyring, self._hasher = store, keyring, hasher
+        self._engine = engine.execution_options(sqlite_immediate=True)
+        self._batch_size = batch_size
+        self._lock = asyncio.Lock()
+        self._state: State | None = None
+        self._position = START
+        self._advanced = asyncio.Condition()
+
+    @property
+    def position(self) -> int:
+        """The checkpoint: global position of the last event processed."""
+        return self._position
+
+    async def run(self) -> None:
+        """Catch up, then follow new events until cancelled (transient faults are retried)."""
+        while True:
+            try:
+                await self.catch_up()
+                await self._follow()
+            except EventStoreUnavailable as error:
+                log.warning("identity_resolver_retrying", error=str(error))
+                await asyncio.sleep(1.0)
+
+    async def catch_up(self) -> int:
+        """Process everything up to the head of the log; returns the checkpoint."""
+        await self._ensure_state()
+        while True:
+            page = await self._store.read_all(self._position, limit=self._batch_size, filter=LIVE)
+            if page:
+                await self._process(page)
+            if len(page) < self._batch_size:
+                return self._position
+
+    async def wait_for(self, position: int, within: float = 10.0) -> None:
+        """Return once the resolver has processed the log up to `position` (TimeoutError after `within` s)."""
+        async with asyncio.timeout(within), self._advanced:
+            await self._advanced.wait_for(lambda: self._position >= position)
+
+    async def state(self) -> State:
+        """The live state (loaded on first use)."""
+        return await self._ensure_state()
+
+    async def split(self, build: Callable[[State], Split], actor: str) -> Split:
+        """Apply an operator's split built against the current state, append it, and save."""
+        async with self._lock:
+            state = await self._ensure_state()
+            decision = build(state)
+            try:
+                state.graph.apply(decision)
+                state.record_decision(decision)
+                event = codec.new_event(decision, EventMetadata(actor=actor))
+                await self._store.append(codec.stream_of(decision), [event])
+                await asyncio.to_thread(self._save, self._position)
+            except BaseException:
+                self._state = None
+                raise
+            return decision
+
+    async def rebuild(self) -> int:
+        """Drop the read model and replay it from the log: decisions for the graph, messages for history."""
+        async with self._lock:
+            frontier = await asyncio.to_thread(self._load_checkpoint)
+            await asyncio.to_thread(self._reset)
+            state = State()
+            self._state = state
+            await replay(self._store, Observer(state, self._keyring, self._hasher), frontier=frontier)
+            await asyncio.to_thread(self._save, frontier)
+            self._position = frontier
+            return frontier
+
+    async def _follow(self) -> None:
+        """Wake on each new event, then process whatever has arrived in batches."""
+        async for recorded in self._store.subscribe(self._position, filter=LIVE):
+            if recorded.global_position > self._position:
+                await self.catch_up()
+
+    async def _process(self, page: Sequence[RecordedEvent]) -> None:
+        """Decide a page, append its decisions in order, save the state and the checkpoint."""
+        async with self._lock:
+            state = await self._ensure_state()
+            try:
+                decoded = await asyncio.to_thread(_decode, page)
+                await self._keyring.prefetch(
+                    e.subject_id for _, e in decoded if isinstance(e, MessageCollected)
+                )
+                runs = await asyncio.to_thread(self._decide, state, decoded)
+                for stream, new_events in runs:
+                    await self._store.append(stream, new_events)
+                await asyncio.to_thread(self._save, page[-1].global_position)
+            except BaseException:
+                self._state = None  # the in-memory state ran ahead of the database: reload it
+                raise
+        async with self._advanced:
+            self._position = page[-1].global_position
+            self._advanced.notify_all()
+
+    def _decide(
+        self, state: State, decoded: Sequence[tuple[RecordedEvent, DomainEvent]]
+    ) -> list[tuple[str, list[NewEvent]]]:
+        """In a worker thread: observe and decide each event; decisions grouped in runs of one stream."""
+        observer = Observer(state, self._keyring, self._hasher)
+        runs: list[tuple[str, list[NewEvent]]] = []
+        for recorded, event in decoded:
+            if isinstance(event, MessageCollected):
+                obs = observer.observe(recorded, event)
+                if obs is not None:
+                    decided = decide(state.graph, state.rules, obs)
+                    _append_runs(runs, decided, codec.caused_by(recorded))
+                    for decision in decided:
+                        state.record_decision(decision)
+            elif isinstance(event, IdentityRulesSet):
+                observer.set_rules(event, recorded.stream_position + 1)
+            elif isinstance(event, SubjectErased):
+                state.erase(event.subject_id)
+                self._keyring.evict(event.subject_id)
+        return runs
+
+    async def _ensure_state(self) -> State:
+        if self._state is not None:
+            return self._state
+        loaded, self._position = await asyncio.to_thread(self._load)
+        self._state = loaded
+        return loaded
+
+    def _load(self) -> tuple[State, int]:
+        metadata.create_all(self._engine)
+        position = self._load_checkpoint()
+        with Session(self._engine) as session:
+            return load_state(session), position
+
+    def _load_checkpoint(self) -> int:
+        checkpoint_metadata.create_all(self._engine)
+        with Session(self._engine) as session:
+            position = session.scalar(select(checkpoints.c.position).where(checkpoints.c.name == CHECKPOINT))
+        return START if position is None else int(position)
+
+    def _save(self, position: int) -> None:
+        assert self._state is not None
+        with Session(self._engine) as session, session.begin():
+            save_state(session, self._state)
+            session.execute(delete(checkpoints).where(checkpoints.c.name == CHECKPOINT))
+            session.execute(insert(checkpoints).values(name=CHECKPOINT, position=position))
+
+    def _reset(self) -> None:
+        metadata.drop_all(self._engine)
+        metadata.create_all(self._engine)
+        checkpoint_metadata.create_all(self._engine)
+
+
+def _decode(page: Sequence[RecordedEvent]) -> list[tuple[RecordedEvent, DomainEvent]]:
+    return [(recorded, from_recorded(recorded)) for recorded in page]
+
+
+def _append_runs(
+    runs: list[tuple[str, list[NewEvent]]], decided: Iterable[Decision], meta: EventMetadata
+) -> None:
+    """Consecutive decisions of one stream share an append; order across streams is kept exactly."""
+    for decision in decided:
+        stream = codec.stream_of(decision)
+        if not runs or runs[-1][0] != stream:
+            runs.append((stream, []))
+        runs[-1][1].append(codec.new_event(decision, meta))
+
+
+async def replay(
+    store: EventStore,
+    observer: Observer,
+    *,
+    frontier: int | None = None,
+    until: datetime | None = None,
+    batch_size: int = 2000,
+) -> None:
+    """Rebuild `observer.state` from the log: decision events for the graph, messages for histories.
+
+    Messages, rules and erasures count only up to `frontier` (what the resolver had processed); events
+    recorded after `until` are ignored. Erasures apply last: nothing after them can concern the person.
+    """
+    state, erasures, after = observer.state, list[str](), START
+    while page := await store.read_all(after, limit=batch_size, filter=REPLAY):
+        after = page[-1].global_position
+        if until is not None:
+            page = [r for r in page if r.recorded_at <= until]
+        subjects = [e.subject_id for r in page if (e := _message(r, frontier)) is not None]
+        await observer.keyring.prefetch(subjects)
+        await asyncio.to_thread(_replay_page, observer, page, frontier, erasures)
+    for subject in erasures:
+        state.erase(subject)
+
+
+def _message(recorded: RecordedEvent, frontier: int | None) -> MessageCollected | None:
+    if recorded.type != "MessageCollected" or (frontier is not None and recorded.global_position > frontier):
+        return None
+    event = from_recorded(recorded)
+    return event if isinstance(event, MessageCollected) else None
+
+
+def _replay_page(
+    observer: Observer, page: Sequence[RecordedEvent], frontier: int | None, erasures: list[str]
+) -> None:
+    state = observer.state
+    for recorded in page:
+        decision = _decision(recorded)
+        if decision is not None:
+            state.graph.apply(decision)
+            state.record_decision(decision)
+            continue
+        if frontier is not None and recorded.global_position > frontier:
+            continue
+        event = from_recorded(recorded)
+        if isinstance(event, MessageCollected):
+            observer.observe(recorded, event)
+        elif isinstance(event, IdentityRulesSet):
+            observer.set_rules(event, recorded.stream_position + 1)
+        elif isinstance(event, SubjectErased):
+            erasures.append(event.subject_id)
+
+
+def _decision(recorded: RecordedEvent) -> Decision | None:
+    if recorded.type not in codec.DECISION_TYPES:
+        return None
+    return codec.from_event(str(recorded.id), from_recorded(recorded))
