@@ -157,13 +157,9 @@ class Graph:
         return node
 
     def _link(self, d: Linked) -> None:
-        if d.subject in self.erased:
+        # Links are decided only for unknown subjects: a known one means this decision was applied before.
+        if d.subject in self.erased or d.subject in self.links:
             return
-        current = self.links.get(d.subject)
-        if current is not None:
-            if current.profile == d.profile:
-                return
-            self._detach(d.subject)
         self._node(d.profile).subjects[d.subject] = None
         self.links[d.subject] = Link(d.type, d.profile, d.profile, d.seen_at, d.decision_id)
         self.dirty_subjects.add(d.subject)
@@ -215,10 +211,3 @@ class Graph:
             target.no_relink.add(live)
             self.nodes[live].no_relink.add(d.new_profile)
         self.dirty_profiles.update((live, d.new_profile))
-
-    def _detach(self, subject: str) -> None:
-        profile = self.links[subject].profile
-        node = self.nodes.get(profile)
-        if node is not None:
-            node.subjects.pop(subject, None)
-            self.dirty_profiles.add(profile)

@@ -1,0 +1,60 @@
+"""Operator splits: cut one identifier off a profile, or undo one link or merge decision."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cdp.errors import FieldViolation, InvalidInput, NotFound
+from services.identity.domain.decisions import Split
+from services.identity.domain.graph import Graph
+
+
+def split_identifier(
+    graph: Graph,
+    profile: str,
+    subject: str,
+    *,
+    decision_id: str,
+    new_profile: str,
+    reason: str,
+    prevent_relink: bool,
+    at: datetime,
+    undone: str = "",
+) -> Split:
+    """Move one identifier (and the history recorded under it) to a new profile."""
+    live = _live(graph, profile)
+    if graph.profile_of(subject) != live:
+        raise InvalidInput(FieldViolation("identifier", "is not linked to this profile"))
+    if len(graph.nodes[live].subjects) < 2:
+        raise InvalidInput(FieldViolation("identifier", "is the profile's only identifier: nothing to split"))
+    return Split(decision_id, live, new_profile, (subject,), reason, prevent_relink, undone, at)
+
+
+def undo_merge(
+    graph: Graph,
+    profile: str,
+    merged: str,
+    *,
+    decision_id: str,
+    reason: str,
+    prevent_relink: bool,
+    at: datetime,
+    undone: str,
+) -> Split:
+    """Give the merged-away profile back its identifiers (those linked while it was still apart)."""
+    live = _live(graph, profile)
+    if merged in graph.nodes or graph.resolve(merged) != live:
+        raise InvalidInput(
+            FieldViolation("decision_id", "this merge is already undone or not on this profile")
+        )
+    moved = tuple(s for s in graph.subjects_from(merged) if graph.profile_of(s) == live)
+    if not moved or len(moved) == len(graph.nodes[live].subjects):
+        raise InvalidInput(FieldViolation("decision_id", "undoing this merge would leave a profile empty"))
+    return Split(decision_id, live, merged, moved, reason, prevent_relink, undone, at)
+
+
+def _live(graph: Graph, profile: str) -> str:
+    live = graph.resolve(profile)
+    if live is None:
+        raise NotFound("no such profile")
+    return live
