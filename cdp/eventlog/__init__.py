@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from cdp.eventlog.common import EventIdConflict
 from cdp.eventlog.port import (
     ALL,
     START,
     AppendResult,
     EventFilter,
+    EventIdConflict,
     EventStore,
     EventStoreError,
     EventStoreUnavailable,
@@ -17,6 +17,7 @@ from cdp.eventlog.port import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
     StreamDeleted,
     StreamMetadata,
     WrongExpectedVersion,
@@ -36,6 +37,7 @@ __all__ = [
     "ExpectedVersion",
     "NewEvent",
     "RecordedEvent",
+    "StreamAppend",
     "StreamDeleted",
     "StreamMetadata",
     "WrongExpectedVersion",

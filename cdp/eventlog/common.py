@@ -6,23 +6,44 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cdp.eventlog.port import (
     AppendResult,
     EventFilter,
+    EventIdConflict,
     EventStoreError,
     Expected,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
     StreamMetadata,
     WrongExpectedVersion,
 )
 
+__all__ = [  # EventIdConflict moved to the port; importing it from here keeps working
+    "AppendPlan",
+    "ChangeSignal",
+    "EventIdConflict",
+    "PlannedEvent",
+    "StoredId",
+    "StreamState",
+    "check_batch",
+    "check_expected",
+    "decode_metadata",
+    "encode_metadata",
+    "first_visible_position",
+    "follow",
+    "metadata_from_columns",
+    "oldest_visible_time",
+    "plan_append_many",
+    "replayed_result",
+]
 
-class EventIdConflict(EventStoreError):
-    """Some event ids of an append are already stored, but not as this very append (a partial overlap)."""
+StoredId = tuple[uuid.UUID, str, int, int]
+"""An event id already in the log: (id, stream, stream position, global position)."""
 
 
 def check_batch(stream: str, events: Sequence[NewEvent]) -> None:
@@ -50,28 +71,137 @@ def check_expected(stream: str, expected: Expected, current: int | None) -> None
 
 
 def replayed_result(
-    stream: str, events: Sequence[NewEvent], stored: Sequence[tuple[uuid.UUID, str, int, int]]
+    stream: str, events: Sequence[NewEvent], stored: Sequence[StoredId]
 ) -> AppendResult | None:
     """Decide idempotency from the stored (id, stream, stream position, global position) of the batch's ids.
 
     None when no id is stored (a fresh append); the original result when the whole batch is stored in
     `stream` in the same order at consecutive positions (a retry); otherwise EventIdConflict.
     """
-    if not stored:
+    known = {row[0]: _Known(row[1], row[2], row[3]) for row in stored}
+    last = _replayed(stream, events, known)
+    if last is None:
         return None
-    by_id = {row[0]: row for row in stored}
-    rows = [by_id.get(e.id) for e in events]
-    first = rows[0]
+    assert last.global_position is not None  # every stored id has one
+    return AppendResult(stream_position=last.stream_position, global_position=last.global_position)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """Where an event id is: stored before the call (global position known) or written by it (`write`)."""
+
+    stream: str
+    stream_position: int
+    global_position: int | None = None
+    write: int = -1
+
+
+def _replayed(stream: str, events: Sequence[NewEvent], known: Mapping[uuid.UUID, _Known]) -> _Known | None:
+    """The last event of an exact replay, None for fresh ids, EventIdConflict for anything in between."""
+    found = [known.get(e.id) for e in events]
+    if all(entry is None for entry in found):
+        return None
+    first = found[0]
     consistent = first is not None and all(
-        row is not None and row[1] == stream and row[2] == first[2] + i for i, row in enumerate(rows)
+        entry is not None and entry.stream == stream and entry.stream_position == first.stream_position + i
+        for i, entry in enumerate(found)
     )
     if not consistent:
         raise EventIdConflict(
             f"stream {stream!r}: some event ids of this append are already stored elsewhere"
         )
-    last = rows[-1]
-    assert last is not None  # consistent implies every row is present
-    return AppendResult(stream_position=last[2], global_position=last[3])
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """A stream as `append_many` finds it; `last_position` survives deletion so positions are never reused."""
+
+    last_position: int | None = None
+    deleted: bool = False
+
+    @property
+    def version(self) -> int | None:
+        """The version an expectation is checked against (None: no stream)."""
+        return None if self.deleted else self.last_position
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """An event `append_many` will write, at this stream position."""
+
+    stream: str
+    stream_position: int
+    event: NewEvent
+
+
+@dataclass
+class AppendPlan:
+    """What one `append_many` call writes (in global order) and each part's outcome."""
+
+    writes: list[PlannedEvent] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)
+    """Each written stream's new last position."""
+    outcomes: list[AppendResult | EventStoreError | None] = field(default_factory=list)
+    pending: dict[int, int] = field(default_factory=dict)
+    """Part index → index in `writes` of the event whose positions are the part's result."""
+
+    def results(self, global_positions: Sequence[int]) -> list[AppendResult | EventStoreError]:
+        """Every part's outcome, given the global positions the writes received (in `writes` order)."""
+        if len(global_positions) != len(self.writes):
+            raise EventStoreError(f"{len(self.writes)} events written, {len(global_positions)} positions")
+        results: list[AppendResult | EventStoreError] = []
+        for index, outcome in enumerate(self.outcomes):
+            if outcome is None:
+                write = self.pending[index]
+                outcome = AppendResult(self.writes[write].stream_position, global_positions[write])
+            results.append(outcome)
+        return results
+
+
+def plan_append_many(
+    appends: Sequence[StreamAppend], stored: Sequence[StoredId], streams: Mapping[str, StreamState]
+) -> AppendPlan:
+    """Decide every part as a sequential `append` would, given the call's ids already stored and its streams.
+
+    `stored` must hold every id of the call that is in the log; `streams` every stream of the call that
+    exists (missing ones are new). A part sees the writes of the parts before it.
+    """
+    known = {row[0]: _Known(row[1], row[2], row[3]) for row in stored}
+    states = dict(streams)
+    plan = AppendPlan()
+    for index, part in enumerate(appends):
+        try:
+            last = _plan_part(plan, part, known, states)
+        except (EventIdConflict, WrongExpectedVersion) as error:
+            plan.outcomes.append(error)
+            continue
+        if last.global_position is None:
+            plan.pending[index] = last.write
+            plan.outcomes.append(None)
+        else:
+            plan.outcomes.append(AppendResult(last.stream_position, last.global_position))
+    return plan
+
+
+def _plan_part(
+    plan: AppendPlan, part: StreamAppend, known: dict[uuid.UUID, _Known], states: dict[str, StreamState]
+) -> _Known:
+    """Check one part; add its events to the plan unless it replays stored ones. Its last event's place."""
+    check_batch(part.stream, part.events)
+    replay = _replayed(part.stream, part.events, known)
+    if replay is not None:
+        return replay
+    state = states.get(part.stream, StreamState())
+    check_expected(part.stream, part.expected, state.version)
+    start = 0 if state.last_position is None else state.last_position + 1
+    for i, event in enumerate(part.events):
+        known[event.id] = _Known(part.stream, start + i, write=len(plan.writes))
+        plan.writes.append(PlannedEvent(part.stream, start + i, event))
+    last = start + len(part.events) - 1
+    states[part.stream] = StreamState(last)
+    plan.versions[part.stream] = last
+    return known[part.events[-1].id]
 
 
 def encode_metadata(metadata: Mapping[str, str]) -> str:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cdp.eventlog.common import (
+    AppendPlan,
     ChangeSignal,
-    check_batch,
-    check_expected,
+    StreamState,
     first_visible_position,
     follow,
     oldest_visible_time,
-    replayed_result,
+    plan_append_many,
 )
 from cdp.eventlog.port import (
     ALL,
@@ -28,7 +28,9 @@ from cdp.eventlog.port import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
     StreamMetadata,
+    check_parts,
 )
 
 
@@ -63,35 +65,57 @@ class InMemoryEventStore(EventStore):
         self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY
     ) -> AppendResult:
         """Append atomically; a retry of already-stored event ids returns the original result."""
+        (outcome,) = self._append_many([StreamAppend(stream, events, expected)])
+        if isinstance(outcome, EventStoreError):
+            raise outcome
+        return outcome
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
+        """Append every part at once (nothing awaits in between); each part succeeds or fails on its own."""
+        return self._append_many(appends)
+
+    def _append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
+        """The work of `append` and `append_many`: plan every part against the current state, then record."""
         self._check_open()
-        check_batch(stream, events)
+        check_parts(appends)
         stored = [
             (r.id, r.stream, r.stream_position, r.global_position)
-            for e in events
+            for part in appends
+            for e in part.events
             if (r := self._ids.get(e.id))
         ]
-        replay = replayed_result(stream, events, stored)
-        if replay is not None:
-            return replay
-        state = self._streams.setdefault(stream, _Stream())
-        check_expected(stream, expected, state.version)
-        recorded = self._record(stream, state, events)
-        self._signal.notify()
-        return AppendResult(recorded[-1].stream_position, recorded[-1].global_position)
+        streams = {
+            part.stream: StreamState(state.last_position, deleted=not state.exists)
+            for part in appends
+            if (state := self._streams.get(part.stream)) is not None
+        }
+        plan = plan_append_many(appends, stored, streams)
+        recorded = self._record(plan)
+        if recorded:
+            self._signal.notify()
+        return plan.results([r.global_position for r in recorded])
 
-    def _record(self, stream: str, state: _Stream, events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        """Store the events at the next stream and global positions."""
-        start = 0 if state.last_position is None else state.last_position + 1
+    def _record(self, plan: AppendPlan) -> list[RecordedEvent]:
+        """Store the planned events at the next global positions."""
         now = datetime.now(UTC)
         recorded = [
             RecordedEvent(
-                e.id, stream, start + i, self._next_global + i, e.type, e.data, dict(e.metadata), now
+                w.event.id,
+                w.stream,
+                w.stream_position,
+                self._next_global + i,
+                w.event.type,
+                w.event.data,
+                dict(w.event.metadata),
+                now,
             )
-            for i, e in enumerate(events)
+            for i, w in enumerate(plan.writes)
         ]
         self._next_global += len(recorded)
-        state.last_position, state.exists = recorded[-1].stream_position, True
-        state.events.extend(recorded)
+        for event in recorded:
+            state = self._streams.setdefault(event.stream, _Stream())
+            state.last_position, state.exists = event.stream_position, True
+            state.events.append(event)
         self._log.extend(recorded)
         self._positions.extend(r.global_position for r in recorded)
         self._ids.update((r.id, r) for r in recorded)

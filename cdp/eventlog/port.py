@@ -121,6 +121,10 @@ class WrongExpectedVersion(EventStoreError):
         )
 
 
+class EventIdConflict(EventStoreError):
+    """Some event ids of an append are already stored, but not as this very append (a partial overlap)."""
+
+
 class StreamDeleted(EventStoreError):
     """The stream was deleted for good (tombstoned) and cannot be written again."""
 
@@ -141,11 +145,16 @@ class EventStore(abc.ABC):
     async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
         """Append to several streams; each part succeeds or fails on its own, exactly as `append` would.
 
-        A part that fails (wrong expected version, conflicting event ids, a deleted stream) comes back as its
-        error and writes nothing; the others are written. Adapters override this to commit every part in one
-        transaction (group commit); this default appends the parts one after another. Transient faults
-        (`EventStoreUnavailable`) are raised for the whole call.
+        The parts behave as sequential `append` calls in their order: a part sees what the earlier parts of
+        the call wrote (two parts for one stream are two appends), and a call's events take global positions
+        in part order. A part that fails (wrong expected version, conflicting event ids, a deleted stream)
+        comes back as its error and writes nothing; the others are written. A retried call returns the
+        original results and writes nothing. Adapters override this to commit every part in one transaction
+        (group commit); this default appends the parts one after another. An empty part or stream name
+        raises ValueError before anything is written; transient faults (`EventStoreUnavailable`) are raised
+        for the whole call.
         """
+        check_parts(appends)
         results: list[AppendResult | EventStoreError] = []
         for part in appends:
             try:
@@ -200,3 +209,12 @@ class EventStore(abc.ABC):
 def stream_category(stream: str) -> str:
     """`profile-abc` → `profile`; a stream without '-' is its own category."""
     return stream.split("-", 1)[0]
+
+
+def check_parts(appends: Sequence[StreamAppend]) -> None:
+    """Raise ValueError if a part has no stream name or no events (a caller's bug, not a per-part failure)."""
+    for part in appends:
+        if not part.stream:
+            raise ValueError("stream name must not be empty")
+        if not part.events:
+            raise ValueError(f"stream {part.stream!r}: an append needs at least one event")

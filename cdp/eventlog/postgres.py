@@ -22,18 +22,21 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cdp.eventlog.common import (
+    AppendPlan,
     ChangeSignal,
-    EventIdConflict,
+    StreamState,
     check_batch,
     encode_metadata,
     follow,
     metadata_from_columns,
+    plan_append_many,
 )
 from cdp.eventlog.port import (
     ALL,
     START,
     AppendResult,
     EventFilter,
+    EventIdConflict,
     EventStore,
     EventStoreError,
     EventStoreUnavailable,
@@ -41,8 +44,10 @@ from cdp.eventlog.port import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
     StreamMetadata,
     WrongExpectedVersion,
+    check_parts,
     stream_category,
 )
 
@@ -138,6 +143,23 @@ _VISIBLE = """
     AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * INTERVAL '1 second')
 """
 """Retention hides events from readers even before the next append prunes them."""
+
+
+_INSERT_MANY = """
+INSERT INTO {s}.events (event_id, stream, category, stream_position, type, data, metadata)
+SELECT u.id, u.stream, u.category, u.pos, u.t, u.d, u.m::JSON
+  FROM unnest(%b::UUID[], %b::TEXT[], %b::TEXT[], %b::BIGINT[], %b::TEXT[], %b::BYTEA[], %b::TEXT[])
+       WITH ORDINALITY AS u(id, stream, category, pos, t, d, m, i)
+ ORDER BY u.i
+RETURNING event_id, global_position
+"""
+"""One multi-row insert for a whole `append_many`; ORDER BY draws global positions in part order."""
+
+_UPSERT_STREAMS = """
+INSERT INTO {s}.streams (stream, last_position, deleted)
+SELECT u.stream, u.pos, false FROM unnest(%b::TEXT[], %b::BIGINT[]) AS u(stream, pos)
+    ON CONFLICT (stream) DO UPDATE SET last_position = excluded.last_position, deleted = false
+"""
 
 
 def _row_to_event(row: Sequence[Any]) -> RecordedEvent:
@@ -270,6 +292,89 @@ class PostgresEventStore(EventStore):
             )
             outcome, stream_position, global_position = _one(await cursor.fetchone())
         return self._result(stream, expected, outcome, stream_position, global_position)
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
+        """Every part in one transaction under the append lock, in two round trips (pipeline mode).
+
+        The first reads the call's stored ids and streams after taking the lock; the parts are decided here
+        (the same rules as every adapter); the second inserts every event in one statement and commits.
+        """
+        check_parts(appends)
+        if not appends:
+            return []
+        async with self._connection() as conn, conn.pipeline():
+            async with conn.transaction():
+                # The lock is its own statement: the lookups' snapshot must be taken after it is granted.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+                states, retention, stored = await self._lookup(conn, appends)
+                plan = plan_append_many(appends, stored, states)
+                inserted = await self._insert(conn, plan, retention) if plan.writes else None
+            # Fetching after the block sends the insert and COMMIT together; an error surfaces here too.
+            rows = await inserted.fetchall() if inserted is not None else []
+        if not plan.writes:
+            return plan.results([])
+        self._signal.notify()
+        by_id: dict[Any, int] = dict(rows)
+        return plan.results([by_id[w.event.id] for w in plan.writes])
+
+    async def _lookup(
+        self, conn: psycopg.AsyncConnection[TupleRow], appends: Sequence[StreamAppend]
+    ) -> tuple[dict[str, StreamState], set[str], list[tuple[Any, str, int, int]]]:
+        """The call's existing streams, those with retention, and its ids already stored (one sync)."""
+        names = list(dict.fromkeys(part.stream for part in appends))
+        ids = [e.id for part in appends for e in part.events]
+        streams = await conn.execute(
+            self._sql(
+                "SELECT stream, last_position, deleted, max_age IS NOT NULL OR max_count IS NOT NULL"
+                " FROM {s}.streams WHERE stream = ANY(%b::TEXT[])"
+            ),
+            (names,),
+        )
+        found = await conn.execute(
+            self._sql(
+                "SELECT event_id, stream, stream_position, global_position FROM {s}.events"
+                " WHERE event_id = ANY(%b::UUID[])"
+            ),
+            (ids,),
+        )
+        states: dict[str, StreamState] = {}
+        retention: set[str] = set()
+        for stream, last, deleted, retained in await streams.fetchall():
+            states[stream] = StreamState(last, deleted)
+            if retained:
+                retention.add(stream)
+        stored = [(r[0], r[1], r[2], r[3]) for r in await found.fetchall()]
+        return states, retention, stored
+
+    async def _insert(
+        self, conn: psycopg.AsyncConnection[TupleRow], plan: AppendPlan, retention: set[str]
+    ) -> psycopg.AsyncCursor[TupleRow]:
+        """Queue the insert, the streams' new versions, retention pruning and the NOTIFY."""
+        writes = plan.writes
+        inserted = await conn.execute(
+            self._sql(_INSERT_MANY),
+            (
+                [w.event.id for w in writes],
+                [w.stream for w in writes],
+                [stream_category(w.stream) for w in writes],
+                [w.stream_position for w in writes],
+                [w.event.type for w in writes],
+                [w.event.data for w in writes],
+                [encode_metadata(w.event.metadata) for w in writes],
+            ),
+        )
+        await conn.execute(self._sql(_UPSERT_STREAMS), (list(plan.versions), list(plan.versions.values())))
+        pruned = [stream for stream in plan.versions if stream in retention]
+        if pruned:
+            await conn.execute(
+                self._sql(
+                    "DELETE FROM {s}.events e USING {s}.streams s WHERE s.stream = ANY(%b::TEXT[])"
+                    " AND e.stream = s.stream AND NOT (" + _VISIBLE + ")"
+                ),
+                (pruned,),
+            )
+        await conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
+        return inserted
 
     def _result(
         self,

@@ -20,12 +20,15 @@ from typing import Any, TypeVar
 
 from cdp.eventlog.common import (
     ChangeSignal,
+    StoredId,
+    StreamState,
     check_batch,
     check_expected,
     decode_metadata,
     encode_metadata,
     follow,
     metadata_from_columns,
+    plan_append_many,
     replayed_result,
 )
 from cdp.eventlog.port import (
@@ -40,8 +43,10 @@ from cdp.eventlog.port import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
     StreamMetadata,
     WrongExpectedVersion,
+    check_parts,
     stream_category,
 )
 
@@ -72,6 +77,14 @@ CREATE TABLE IF NOT EXISTS streams (
 """`recorded_at` is microseconds since the epoch. AUTOINCREMENT keeps a deleted newest position from being
 reused, which would hide a later event from a subscriber already past it. `streams.last_position` survives
 deletion so stream positions are never reused either."""
+
+_INSERT = (
+    "INSERT INTO events (event_id, stream, category, stream_position, type, data, metadata, recorded_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_LOOKUP_CHUNK = 5000
+"""Ids or stream names per `IN (...)` lookup (SQLite allows 32,766 parameters since 3.32)."""
 
 _COLUMNS = (
     "e.event_id, e.stream, e.stream_position, e.global_position, e.type, e.data, e.metadata, e.recorded_at"
@@ -170,8 +183,7 @@ def _insert_batch(
     now = _now_us()
     category = stream_category(stream)
     conn.executemany(
-        "INSERT INTO events (event_id, stream, category, stream_position, type, data, metadata, recorded_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _INSERT,
         [
             (e.id.bytes, stream, category, start + i, e.type, e.data, encode_metadata(e.metadata), now)
             for i, e in enumerate(events)
@@ -189,12 +201,12 @@ def _insert_batch(
     return AppendResult(stream_position=new_last, global_position=global_last)
 
 
-def _stored(conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, str, int, int]]:
+def _stored(conn: sqlite3.Connection, events: Sequence[NewEvent], chunk_size: int = 500) -> list[StoredId]:
     """(id, stream, stream position, global position) of the batch's ids already in the log."""
-    found: list[tuple[uuid.UUID, str, int, int]] = []
+    found: list[StoredId] = []
     ids = [e.id.bytes for e in events]
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
+    for i in range(0, len(ids), chunk_size):
+        chunk = ids[i : i + chunk_size]
         rows = conn.execute(
             "SELECT event_id, stream, stream_position, global_position FROM events"
             f" WHERE event_id IN ({','.join('?' * len(chunk))})",
@@ -202,6 +214,65 @@ def _stored(conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[tuple[
         ).fetchall()
         found.extend((uuid.UUID(bytes=r[0]), r[1], r[2], r[3]) for r in rows)
     return found
+
+
+def _append_parts(
+    conn: sqlite3.Connection, appends: Sequence[StreamAppend]
+) -> list[AppendResult | EventStoreError]:
+    """`append_many` inside the caller's write transaction: one id lookup, one stream lookup, one insert."""
+    stored = _stored(conn, [e for part in appends for e in part.events], _LOOKUP_CHUNK)
+    states, retention = _stream_states(conn, list(dict.fromkeys(part.stream for part in appends)))
+    plan = plan_append_many(appends, stored, states)
+    if not plan.writes:
+        return plan.results([])
+    now = _now_us()
+    conn.executemany(
+        _INSERT,
+        [
+            (
+                w.event.id.bytes,
+                w.stream,
+                stream_category(w.stream),
+                w.stream_position,
+                w.event.type,
+                w.event.data,
+                encode_metadata(w.event.metadata),
+                now,
+            )
+            for w in plan.writes
+        ],
+    )
+    # AUTOINCREMENT under the write lock hands out consecutive positions: the rows end at the last rowid.
+    last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    conn.executemany(
+        "INSERT INTO streams (stream, last_position, deleted) VALUES (?, ?, 0)"
+        " ON CONFLICT (stream) DO UPDATE SET last_position = excluded.last_position, deleted = 0",
+        list(plan.versions.items()),
+    )
+    for stream, version in plan.versions.items():
+        if stream in retention:
+            _prune(conn, stream, version, retention[stream], now)
+    return plan.results(range(last - len(plan.writes) + 1, last + 1))
+
+
+def _stream_states(
+    conn: sqlite3.Connection, streams: Sequence[str]
+) -> tuple[dict[str, StreamState], dict[str, StreamMetadata]]:
+    """The existing streams' versions, and the retention of those that have one."""
+    states: dict[str, StreamState] = {}
+    retention: dict[str, StreamMetadata] = {}
+    for i in range(0, len(streams), _LOOKUP_CHUNK):
+        chunk = streams[i : i + _LOOKUP_CHUNK]
+        rows = conn.execute(
+            "SELECT stream, last_position, deleted, max_age, max_count FROM streams"
+            f" WHERE stream IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
+        for stream, last, deleted, max_age, max_count in rows:
+            states[stream] = StreamState(last, bool(deleted))
+            if max_age is not None or max_count is not None:
+                retention[stream] = metadata_from_columns(max_age, max_count)
+    return states, retention
 
 
 def _prune(
@@ -376,6 +447,17 @@ class SQLiteEventStore(EventStore):
         result = await self._run(self._writer, _append, stream, events, expected)
         self._signal.notify()
         return result
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
+        """Every part in one write transaction (one writer-thread hop); each part succeeds or fails alone."""
+        check_parts(appends)
+        if not appends:
+            return []
+        results: list[AppendResult | EventStoreError] = await self._run(
+            self._writer, _in_write_transaction, _append_parts, appends
+        )
+        self._signal.notify()
+        return results
 
     async def read_stream(
         self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None

@@ -18,12 +18,15 @@ import pytest
 
 from cdp.eventlog import (
     START,
+    AppendResult,
     EventFilter,
+    EventIdConflict,
     EventStore,
     EventStoreError,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    StreamAppend,
     StreamMetadata,
     WrongExpectedVersion,
 )
@@ -277,6 +280,144 @@ class EventStoreContract(abc.ABC):
         assert globals_ == sorted(globals_) and len(set(globals_)) == 2500
         assert await store.append(f"{cat}-big", batch) == result
 
+    # -- append_many ------------------------------------------------------------------------------------
+
+    async def test_append_many_returns_one_result_per_part_in_order(
+        self, store: EventStore, cat: str
+    ) -> None:
+        head = await store.head_position()
+        await store.append(f"{cat}-b", new_events(2, prefix="old"))
+        parts = [
+            StreamAppend(f"{cat}-a", new_events(2, prefix="a"), ExpectedVersion.NO_STREAM),
+            StreamAppend(f"{cat}-b", new_events(1, prefix="b"), 1),
+            StreamAppend(f"{cat}-c", new_events(3, prefix="c")),
+        ]
+        results = await store.append_many(parts)
+        assert all(isinstance(r, AppendResult) for r in results)
+        for part, result in zip(parts, results, strict=True):
+            stored = await store.read_stream(part.stream)
+            assert isinstance(result, AppendResult)
+            assert (result.stream_position, result.global_position) == (
+                stored[-1].stream_position,
+                stored[-1].global_position,
+            )
+            assert [e.id for e in stored[-len(part.events) :]] == [e.id for e in part.events]
+        assert [r.stream_position for r in results if isinstance(r, AppendResult)] == [1, 2, 2]
+        mine = await store.read_all(head, filter=EventFilter(categories=(cat,)))
+        assert [e.data for e in mine] == [b"old0", b"old1", b"a0", b"a1", b"b0", b"c0", b"c1", b"c2"]
+        assert await store.append_many([]) == []
+
+    async def test_the_events_of_a_call_take_global_positions_in_part_order(
+        self, store: EventStore, cat: str
+    ) -> None:
+        head = await store.head_position()
+        parts = [
+            StreamAppend(f"{cat}-b", new_events(2, prefix="b")),
+            StreamAppend(f"{cat}-a", new_events(1, prefix="a")),
+            StreamAppend(f"{cat}-b", new_events(1, prefix="bb")),
+            StreamAppend(f"{cat}-c", new_events(2, prefix="c")),
+        ]
+        results = await store.append_many(parts)
+        mine = await store.read_all(head, filter=EventFilter(categories=(cat,)))
+        assert [e.id for e in mine] == [e.id for part in parts for e in part.events]
+        globals_ = [e.global_position for e in mine]
+        assert all(a < b for a, b in itertools.pairwise(globals_)) and globals_[0] > head
+        assert [r.global_position for r in results if isinstance(r, AppendResult)] == [
+            globals_[1],
+            globals_[2],
+            globals_[3],
+            globals_[5],
+        ]
+
+    async def test_a_failing_part_fails_alone(self, store: EventStore, cat: str) -> None:
+        head = await store.head_position()
+        stored = new_events(2, prefix="s")
+        await store.append(f"{cat}-taken", stored)
+        parts = [
+            StreamAppend(f"{cat}-a", new_events(1, prefix="a")),
+            StreamAppend(f"{cat}-taken", new_events(1, prefix="w"), 7),
+            StreamAppend(f"{cat}-new", new_events(1, prefix="n"), ExpectedVersion.STREAM_EXISTS),
+            StreamAppend(f"{cat}-b", new_events(1, prefix="b"), ExpectedVersion.NO_STREAM),
+        ]
+        if self.refuses_partial_overlap:
+            parts.append(StreamAppend(f"{cat}-taken", [stored[1], *new_events(1, prefix="o")]))
+            parts.append(StreamAppend(f"{cat}-other", stored))
+        parts.append(StreamAppend(f"{cat}-c", new_events(1, prefix="c"), ExpectedVersion.ANY))
+        results = await store.append_many(parts)
+        wrong, missing = results[1], results[2]
+        assert isinstance(wrong, WrongExpectedVersion) and (wrong.expected, wrong.actual) == (7, 1)
+        assert isinstance(missing, WrongExpectedVersion) and missing.actual is None
+        if self.refuses_partial_overlap:
+            assert isinstance(results[4], EventIdConflict) and isinstance(results[5], EventIdConflict)
+        landed = [r for i, r in enumerate(results) if i not in (1, 2, 4, 5)]
+        assert all(isinstance(r, AppendResult) for r in landed)
+        mine = await store.read_all(head, filter=EventFilter(categories=(cat,)))
+        assert [e.data for e in mine] == [b"s0", b"s1", b"a0", b"b0", b"c0"]
+        assert len(await store.read_stream(f"{cat}-taken")) == 2
+        assert await store.read_stream(f"{cat}-other") == []
+
+    async def test_two_parts_for_one_stream_are_two_sequential_appends(
+        self, store: EventStore, cat: str
+    ) -> None:
+        first, second = new_events(2, prefix="f"), new_events(2, prefix="s")
+        parts = [
+            StreamAppend(f"{cat}-a", first, ExpectedVersion.NO_STREAM),
+            StreamAppend(f"{cat}-a", second, 1),  # sees the first part
+            StreamAppend(f"{cat}-a", new_events(1, prefix="x"), ExpectedVersion.NO_STREAM),  # not any more
+            StreamAppend(f"{cat}-a", first),  # a retry of the first part within the call
+        ]
+        if self.refuses_partial_overlap:
+            parts.append(StreamAppend(f"{cat}-a", [second[1], *new_events(1, prefix="o")]))
+        results = await store.append_many(parts)
+        one, two, refused, replayed = results[:4]
+        assert isinstance(one, AppendResult) and isinstance(two, AppendResult)
+        assert (one.stream_position, two.stream_position) == (1, 3)
+        assert two.global_position > one.global_position
+        assert isinstance(refused, WrongExpectedVersion) and refused.actual == 3
+        assert replayed == one
+        if self.refuses_partial_overlap:
+            assert isinstance(results[4], EventIdConflict)
+        stored = await store.read_stream(f"{cat}-a")
+        assert [e.id for e in stored] == [e.id for e in first + second]
+        assert [e.stream_position for e in stored] == [0, 1, 2, 3]
+
+    async def test_a_retried_call_returns_the_original_results_and_writes_nothing(
+        self, store: EventStore, cat: str
+    ) -> None:
+        parts = [
+            StreamAppend(f"{cat}-a", new_events(2, prefix="a"), ExpectedVersion.NO_STREAM),
+            StreamAppend(f"{cat}-b", new_events(3, prefix="b"), ExpectedVersion.NO_STREAM),
+            StreamAppend(f"{cat}-a", new_events(1, prefix="c"), 1),
+        ]
+        original = await store.append_many(parts)
+        assert all(isinstance(r, AppendResult) for r in original)
+        await store.append(f"{cat}-a", new_events(1, prefix="later"))
+        head = await store.head_position()
+        assert await store.append_many(parts) == original
+        assert await store.head_position() == head
+        assert await store.read_all(head, filter=EventFilter(categories=(cat,))) == []
+        assert [e.data for e in await store.read_stream(f"{cat}-a")] == [b"a0", b"a1", b"c0", b"later0"]
+
+    async def test_append_many_of_2500_events_over_500_streams(self, store: EventStore, cat: str) -> None:
+        head = await store.head_position()
+        parts = [
+            StreamAppend(
+                f"{cat}-{i}",
+                [NewEvent("Tracked", b"x" * 200, {"i": str(j)}) for j in range(5)],
+                ExpectedVersion.NO_STREAM,
+            )
+            for i in range(500)
+        ]
+        results = await store.append_many(parts)
+        assert [r.stream_position for r in results if isinstance(r, AppendResult)] == [4] * 500
+        mine = await store.read_all(head, filter=EventFilter(categories=(cat,)))
+        assert [e.id for e in mine] == [e.id for part in parts for e in part.events]
+        assert [r.global_position for r in results if isinstance(r, AppendResult)] == [
+            e.global_position for e in mine[4::5]
+        ]
+        assert [e.stream_position for e in await store.read_stream(f"{cat}-321")] == [0, 1, 2, 3, 4]
+        assert await store.append_many(parts) == results
+
     # -- subscriptions ----------------------------------------------------------------------------------
 
     async def test_subscribe_catches_up_then_follows_live_appends(self, store: EventStore, cat: str) -> None:
@@ -316,41 +457,61 @@ class EventStoreContract(abc.ABC):
         self, store: EventStore, cat: str
     ) -> None:
         head = await store.head_position()
-        writers = await self.writer_stores(store, 4)
+        writers = await self.writer_stores(store, 6)
         try:
             expected_ids = await self._stress(store, writers, cat, head)
         finally:
             for extra in writers:
                 if extra is not store:
                     await extra.close()
-        assert len(expected_ids) == 1200
+        assert len(expected_ids) == 1800
 
     async def _stress(
         self, store: EventStore, writers: Sequence[EventStore], cat: str, head: int
     ) -> set[uuid.UUID]:
-        """4 writers x 300 events in varied batches while one subscriber tails the log."""
+        """6 writers x 300 events while one subscriber tails the log: 4 append batch by batch, 2 append_many.
+
+        An append_many writer spreads each batch over three parts (two for its own main stream, one for a
+        side stream), so concurrent multi-stream transactions interleave with single appends.
+        """
         sizes = [1, 7, 1, 50, 3, 1, 100, 2, 1, 20, 15, 99]  # sums to 300
         written: set[uuid.UUID] = set()
+        streams: dict[str, list[uuid.UUID]] = {}
 
         async def write(number: int, writer: EventStore) -> None:
             for round_, size in enumerate(sizes):
                 batch = new_events(size, prefix=f"w{number}r{round_}-")
                 written.update(e.id for e in batch)
-                await writer.append(f"{cat}-w{number}", batch)
+                if number < 4:
+                    streams.setdefault(f"{cat}-w{number}", []).extend(e.id for e in batch)
+                    await writer.append(f"{cat}-w{number}", batch)
+                else:
+                    await many(number, writer, batch)
                 await asyncio.sleep(0)
+
+        async def many(number: int, writer: EventStore, batch: list[NewEvent]) -> None:
+            third = len(batch) // 3
+            main, side = f"{cat}-w{number}", f"{cat}-w{number}side"
+            chunks = [(main, batch[:third]), (side, batch[third : 2 * third]), (main, batch[2 * third :])]
+            parts = [StreamAppend(name, events) for name, events in chunks if events]
+            for part in parts:
+                streams.setdefault(part.stream, []).extend(e.id for e in part.events)
+            results = await writer.append_many(parts)
+            assert all(isinstance(r, AppendResult) for r in results), results
 
         mine = EventFilter(categories=(cat,))
         async with subscription(store, head, filter=mine) as events:
-            tail = asyncio.create_task(take(events, 1200, seconds=30))
+            tail = asyncio.create_task(take(events, 1800, seconds=30))
             await asyncio.gather(*(write(n, w) for n, w in enumerate(writers)))
             seen = await tail
             assert await nothing_more(events, 0.2)
         positions = [e.global_position for e in seen]
         assert all(a < b for a, b in itertools.pairwise(positions)), "not in increasing order"
         assert [e.id for e in seen] != [] and {e.id for e in seen} == written and len(seen) == len(written)
-        for number in range(len(writers)):
-            stream = await store.read_stream(f"{cat}-w{number}")
-            assert [e.stream_position for e in stream] == list(range(300))
+        for name, ids in streams.items():
+            stream = await store.read_stream(name)
+            assert [e.id for e in stream] == ids
+            assert [e.stream_position for e in stream] == list(range(len(ids)))
         return written
 
     async def writer_stores(self, store: EventStore, count: int) -> list[EventStore]:
