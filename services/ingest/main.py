@@ -8,17 +8,19 @@ from cdp.eventlog.group_commit import GroupCommitter
 from cdp.eventlog.projection import ProjectionRunner
 from cdp.ingest.v1 import ingest_service_pb2_grpc
 from cdp.runtime import resources
+from cdp.runtime.auth import Authenticator
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
 from services.ingest.application import Collector
 from services.ingest.grpc_api import ACCESS, SERVICE, IngestServicer
+from services.ingest.http_api import HttpApi, HttpLimits
 from services.ingest.readmodel import IngestState
 
 HOUSEKEEPING_SECONDS = 5.0
 
 
-async def build(settings: Settings) -> ServiceApp:
-    """Wire the ingest service for these settings."""
+async def build(settings: Settings, *, http_limits: HttpLimits | None = None) -> ServiceApp:
+    """Wire the ingest service for these settings (the HTTP edge's load limits may be tightened in tests)."""
     store = resources.event_store(settings)
     keyring = resources.keyring(settings)
     engine = resources.read_model_engine(settings, "ingest")
@@ -41,12 +43,22 @@ async def build(settings: Settings) -> ServiceApp:
         keyring.close()
         engine.dispose()
 
+    # The Segment HTTP API shares the collector (one set of rules, one group commit) and the event loop.
+    http = HttpApi(
+        collector,
+        Authenticator(settings.source_keys(), settings.admin_token),
+        host=settings.host,
+        port=settings.http_port,
+        limits=http_limits,
+        grace_seconds=settings.grace_seconds,
+    )
+
     add = ingest_service_pb2_grpc.add_IngestServiceServicer_to_server
     return ServiceApp(
         name="ingest",
         servicers=[(add, IngestServicer(collector), SERVICE.full_name)],
         access=ACCESS,
-        background=[committer.run, housekeeping],
+        background=[committer.run, housekeeping, http],
         on_stop=[close],
         projections=[runner],
     )
