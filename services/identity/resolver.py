@@ -31,7 +31,7 @@ from services.identity.domain.decisions import Decision, Split
 from services.identity.domain.history import History
 from services.identity.domain.identifiers import Hasher
 from services.identity.domain.rules import rules_from_json
-from services.identity.readmodel import State, load_state, metadata, save_state
+from services.identity.readmodel import State, dumps, load_state, metadata, save_state
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +106,7 @@ class Resolver:
         self._lock = asyncio.Lock()
         self._state: State | None = None
         self._position = START
+        self._scanned = START
         self._advanced = asyncio.Condition()
 
     @property
@@ -127,16 +128,21 @@ class Resolver:
         """Process everything up to the head of the log; returns the checkpoint."""
         await self._ensure_state()
         while True:
+            head = await self._store.head_position()
             page = await self._store.read_all(self._position, limit=self._batch_size, filter=LIVE)
             if page:
                 await self._process(page)
             if len(page) < self._batch_size:
+                # Nothing this resolver reads is left up to `head` (its own decisions included).
+                async with self._advanced:
+                    self._scanned = max(self._scanned, head)
+                    self._advanced.notify_all()
                 return self._position
 
     async def wait_for(self, position: int, within: float = 10.0) -> None:
         """Return once the resolver has processed the log up to `position` (TimeoutError after `within` s)."""
         async with asyncio.timeout(within), self._advanced:
-            await self._advanced.wait_for(lambda: self._position >= position)
+            await self._advanced.wait_for(lambda: max(self._position, self._scanned) >= position)
 
     async def state(self) -> State:
         """The live state (loaded on first use)."""
@@ -169,6 +175,19 @@ class Resolver:
             await asyncio.to_thread(self._save, frontier)
             self._position = frontier
             return frontier
+
+    async def snapshot(self) -> dict[str, list[str]]:
+        """Every read-model row as sorted JSON, per table (to compare a rebuild with the live model)."""
+
+        def read() -> dict[str, list[str]]:
+            with self._engine.connect() as connection:
+                return {
+                    table.name: sorted(dumps(dict(row._mapping)) for row in connection.execute(select(table)))
+                    for table in metadata.sorted_tables
+                }
+
+        async with self._lock:
+            return await asyncio.to_thread(read)
 
     async def _follow(self) -> None:
         """Wake on each new event, then process whatever has arrived in batches."""

@@ -73,7 +73,7 @@ def resolve_all(observed: list[Observation], rules: Rules) -> tuple[Graph, list[
 
 
 def snapshot(graph: Graph) -> tuple[Any, ...]:
-    links = {s: (l.type, l.profile, l.home, l.linked_at) for s, l in graph.links.items()}
+    links = {s: (k.type, k.profile, k.home, k.linked_at) for s, k in graph.links.items()}
     nodes = {p: (set(n.subjects), n.merges, n.no_relink, n.refused) for p, n in graph.nodes.items()}
     return links, nodes, graph.redirects, graph.erased
 

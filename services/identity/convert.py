@@ -1,0 +1,294 @@
+"""Protobuf ↔ use-case types for the identity edge, with the method-specific request rules."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from cdp.common.v1 import audit_pb2, identity_pb2
+from cdp.errors import FieldViolation, InvalidInput
+from cdp.identity.v1 import identity_service_pb2 as pb
+from services.identity.application import IdentifierRef, ProfileRef, RulesInForce
+from services.identity.domain.identifiers import EXTERNAL_PREFIX
+from services.identity.domain.rules import Rules, TypeRule
+from services.identity.queries import ProfileRecord
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+MAX_RESOLVE = 100
+MAX_REASON = 500
+
+TYPE_NAMES = {
+    identity_pb2.IDENTIFIER_TYPE_USER_ID: "user_id",
+    identity_pb2.IDENTIFIER_TYPE_ANONYMOUS_ID: "anonymous_id",
+    identity_pb2.IDENTIFIER_TYPE_EMAIL: "email",
+    identity_pb2.IDENTIFIER_TYPE_PHONE: "phone",
+    identity_pb2.IDENTIFIER_TYPE_DEVICE_ID: "device_id",
+    identity_pb2.IDENTIFIER_TYPE_ADVERTISING_ID: "advertising_id",
+}
+TYPE_ENUMS = {name: number for number, name in TYPE_NAMES.items()}
+KINDS = {
+    "create": pb.DECISION_KIND_CREATE,
+    "link": pb.DECISION_KIND_LINK,
+    "merge": pb.DECISION_KIND_MERGE,
+    "refuse": pb.DECISION_KIND_REFUSE,
+    "split": pb.DECISION_KIND_SPLIT,
+}
+RULES = {
+    "new_identifier": pb.DECISION_RULE_NEW_IDENTIFIER,
+    "shared_message": pb.DECISION_RULE_SHARED_MESSAGE,
+    "alias": pb.DECISION_RULE_ALIAS,
+    "merge_protection": pb.DECISION_RULE_VALUE_LIMIT,
+    "max_merges": pb.DECISION_RULE_MAX_MERGES,
+    "prevented_relink": pb.DECISION_RULE_MANUAL_SPLIT,
+    "manual_split": pb.DECISION_RULE_MANUAL_SPLIT,
+}
+EXPLANATIONS = {
+    "merge_protection": "merge protection: the profiles hold different user ids",
+    "max_merges": "the survivor already holds the maximum number of merged profiles",
+    "prevented_relink": "an operator split these profiles and asked that they stay apart",
+    "new_identifier": "a message carried an identifier not seen before",
+    "shared_message": "a message carried these identifiers together",
+    "alias": "an alias message declared previousId and userId the same person",
+}
+PROFILE_FIELDS = {f.name for f in pb.Profile.DESCRIPTOR.fields}
+
+
+def identifier_ref(message: identity_pb2.Identifier, path: str) -> IdentifierRef:
+    """An Identifier as a use-case ref; EXTERNAL needs a lower_snake_case namespace, others none."""
+    if message.type == identity_pb2.IDENTIFIER_TYPE_EXTERNAL:
+        namespace = message.namespace.strip()
+        if not namespace or namespace != namespace.lower() or " " in namespace:
+            raise InvalidInput.field(f"{path}.namespace", "is required for EXTERNAL (lower_snake_case)")
+        return IdentifierRef(EXTERNAL_PREFIX + namespace, message.value)
+    if message.namespace:
+        raise InvalidInput.field(f"{path}.namespace", "is only for EXTERNAL identifiers")
+    if message.type not in TYPE_NAMES:
+        raise InvalidInput.field(f"{path}.type", "is not a known identifier type")
+    return IdentifierRef(TYPE_NAMES[message.type], message.value)
+
+
+def identifier_message(identifier_type: str, value: str) -> identity_pb2.Identifier:
+    """An Identifier message from a type name and normalised value."""
+    if identifier_type.startswith(EXTERNAL_PREFIX):
+        namespace = identifier_type[len(EXTERNAL_PREFIX) :]
+        return identity_pb2.Identifier(
+            type=identity_pb2.IDENTIFIER_TYPE_EXTERNAL, value=value, namespace=namespace
+        )
+    return identity_pb2.Identifier(type=TYPE_ENUMS[identifier_type], value=value)
+
+
+def profile_ref(message: identity_pb2.ProfileRef, path: str = "profile") -> ProfileRef:
+    """A ProfileRef (already checked by shared validation) as a use-case ref."""
+    if message.WhichOneof("ref") is None:
+        raise InvalidInput.field(path, "is required")
+    if message.WhichOneof("ref") == "profile_id":
+        return ProfileRef(profile_id=message.profile_id.strip())
+    return ProfileRef(identifier=identifier_ref(message.identifier, f"{path}.identifier"))
+
+
+def page_size(size: int) -> int:
+    """0 means the default; larger than the maximum is clamped."""
+    return DEFAULT_PAGE if size == 0 else min(size, MAX_PAGE)
+
+
+def encode_token(kind: str, value: str) -> str:
+    """An opaque page token."""
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
+
+
+def decode_token(token: str, kind: str, path: str = "page.page_token") -> str:
+    """The value inside a token this service issued for this method."""
+    if not token:
+        return ""
+    try:
+        found_kind, value = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidInput.field(path, "is not a token this service issued") from None
+    if found_kind != kind:
+        raise InvalidInput.field(path, "is not a token this service issued")
+    return value
+
+
+def to_datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
+    """A Timestamp as an aware UTC datetime."""
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """An aware datetime as a Timestamp (None stays unset)."""
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    """JSON-like values as a Struct."""
+    message = struct_pb2.Struct()
+    json_format.ParseDict(dict(values), message)
+    return message
+
+
+def profile_message(record: ProfileRecord, mask: list[str]) -> pb.Profile:
+    """A Profile with only the masked fields (all when the mask is empty)."""
+    profile = pb.Profile(
+        profile_id=record.profile_id,
+        identifiers=[
+            pb.ProfileIdentifier(
+                identifier=identifier_message(i.type, i.value),
+                first_seen=timestamp(i.first_seen),
+                last_seen=timestamp(i.last_seen),
+            )
+            for i in record.identifiers
+        ],
+        traits=struct(record.traits),
+        # The v1 Profile has no fields for history yet: identity's stats travel as a computed trait.
+        computed_traits=struct({"identity": _stats(record.stats)}),
+        merged_profile_ids=record.merged_profile_ids,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+    )
+    for name in PROFILE_FIELDS - set(mask or PROFILE_FIELDS):
+        profile.ClearField(name)
+    return profile
+
+
+def _stats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(stats)
+    for key in ("first_seen", "last_seen"):
+        if out.get(key) is not None:
+            moment = datetime.fromtimestamp(out[key] / 1_000_000, tz=UTC)
+            out[key] = moment.isoformat().replace("+00:00", "Z")
+    return out
+
+
+def read_mask(paths: Iterable[str], path: str = "read_mask") -> list[str]:
+    """Top-level Profile field names; anything else is refused."""
+    fields = list(paths)
+    for index, name in enumerate(fields):
+        if name not in PROFILE_FIELDS:
+            raise InvalidInput.field(f"{path}.paths[{index}]", f"is not a Profile field ({name!r})")
+    return fields
+
+
+def decision_message(row: Mapping[str, Any], clear: Mapping[str, tuple[str, str]]) -> pb.IdentityDecision:
+    """A decisions-table row as an IdentityDecision (identifiers shown in the clear when known)."""
+    kind, rule = row["kind"], str(row["rule"])
+    decision = pb.IdentityDecision(
+        decision_id=row["decision_id"],
+        kind=KINDS[kind],
+        rule=RULES.get(rule, pb.DECISION_RULE_VALUE_LIMIT),
+        profile_id=row["profile_id"],
+        cause_message_id=row["cause_message_id"],
+        actor=audit_pb2.Actor(
+            kind=audit_pb2.ACTOR_KIND_OPERATOR if row["manual"] else audit_pb2.ACTOR_KIND_SYSTEM,
+            id="admin" if row["manual"] else "identity",
+        ),
+        explanation=row["explanation"] or _explain(rule),
+        decide_time=timestamp(_from_micros(row["decide_time"])),
+    )
+    if kind in ("merge", "refuse"):
+        decision.source_profile_id = row["other_profile_id"]
+    if kind == "split":
+        decision.new_profile_id = row["other_profile_id"]
+    for entry in row["identifiers"]:
+        found = clear.get(entry[-1])
+        if found is not None:
+            decision.identifiers.append(identifier_message(*found))
+    return decision
+
+
+def _explain(rule: str) -> str:
+    if rule.startswith("value_limit:"):
+        return f"the profile already holds the maximum number of {rule.split(':', 1)[1]} values"
+    return EXPLANATIONS.get(rule, rule)
+
+
+def _from_micros(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1_000_000, tz=UTC)
+
+
+def rules_from_message(message: pb.IdentityRules) -> Rules:
+    """IdentityRules as domain rules, naming every invalid field."""
+    violations: list[FieldViolation] = []
+    rules: list[TypeRule] = []
+    for index, item in enumerate(message.rules):
+        try:
+            rules.append(_type_rule(item, f"rules.rules[{index}]"))
+        except InvalidInput as error:
+            violations += error.violations
+    types = [rule.type for rule in rules]
+    for index, identifier_type in enumerate(types):
+        if identifier_type in types[:index]:
+            violations.append(FieldViolation(f"rules.rules[{index}].type", "has a rule already"))
+    if message.HasField("max_merges") and message.max_merges < 0:
+        violations.append(FieldViolation("rules.max_merges", "must not be negative"))
+    if violations:
+        raise InvalidInput(violations)
+    return Rules(tuple(rules), message.max_merges if message.HasField("max_merges") else None)
+
+
+def _type_rule(item: pb.IdentifierRule, path: str) -> TypeRule:
+    probe = identity_pb2.Identifier(type=item.type, value="x", namespace=item.namespace)
+    if item.type == identity_pb2.IDENTIFIER_TYPE_UNSPECIFIED:
+        raise InvalidInput.field(f"{path}.type", "is required")
+    identifier_type = identifier_ref(probe, path).type
+    violations = []
+    if item.HasField("value_limit") and item.value_limit < 1:
+        violations.append(FieldViolation(f"{path}.value_limit", "must be at least 1"))
+    window = item.limit_window.ToTimedelta() if item.HasField("limit_window") else None
+    if window is not None and window.total_seconds() <= 0:
+        violations.append(FieldViolation(f"{path}.limit_window", "must be positive"))
+    for index, pattern in enumerate(item.blocked_patterns):
+        violations += _pattern_violation(pattern, f"{path}.blocked_patterns[{index}]")
+    if violations:
+        raise InvalidInput(violations)
+    return TypeRule(
+        identifier_type,
+        item.value_limit if item.HasField("value_limit") else None,
+        int(window.total_seconds()) if window is not None else None,
+        frozenset(item.blocked_values),
+        tuple(item.blocked_patterns),
+    )
+
+
+def _pattern_violation(pattern: str, path: str) -> list[FieldViolation]:
+
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        return [FieldViolation(path, f"is not a regular expression: {error}")]
+    return []
+
+
+def rules_message(found: RulesInForce) -> pb.IdentityRules:
+    """Rules in force as IdentityRules."""
+    message = pb.IdentityRules(version=found.version)
+    for rule in found.rules.rules:
+        probe = identifier_message(rule.type, "x")
+        item = pb.IdentifierRule(
+            type=probe.type,
+            namespace=probe.namespace,
+            blocked_values=sorted(rule.blocked_values),
+            blocked_patterns=list(rule.blocked_patterns),
+        )
+        if rule.value_limit is not None:
+            item.value_limit = rule.value_limit
+        if rule.window_seconds is not None:
+            item.limit_window.FromSeconds(rule.window_seconds)
+        message.rules.append(item)
+    if found.rules.max_merges is not None:
+        message.max_merges = found.rules.max_merges
+    if found.update_time is not None:
+        message.update_time.FromDatetime(found.update_time)
+    if found.updated_by:
+        message.updated_by.CopyFrom(audit_pb2.Actor(kind=audit_pb2.ACTOR_KIND_OPERATOR, id=found.updated_by))
+    return message
