@@ -51,12 +51,19 @@ def seal_payload(keyring: Keyring, subject_id: str, personal: Mapping[str, Any])
 
 @dataclass(frozen=True, kw_only=True)
 class TrackingPlanPublished(DomainEvent, type_name="TrackingPlanPublished"):
-    """A new version of a tracking plan (event names and property schemas); `trackingplan-<plan_id>`."""
+    """A new version of a tracking plan (event names and property schemas); `trackingplan-<plan_id>`.
+
+    `rules` holds the whole plan: display_name, common_json_schema, events (message_type, event, json_schema,
+    description) and sources (source_id, unplanned_events, schema_violations: allow|flag|block,
+    omit_unplanned_properties).
+    """
 
     plan_id: str
     plan_version: int
     source_ids: tuple[str, ...]
     rules: JsonObject
+    published_at: datetime | None = None
+    """When the version was published (None in events written before this field existed)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +75,14 @@ class AttributeDefined(DomainEvent, type_name="AttributeDefined"):
     data_type: str
     personal: bool
     description: str = ""
+    attribute_id: str = ""
+    """The catalog's stable id (`name` is the trait key as messages carry it)."""
+    bands: tuple[JsonObject, ...] = ()
+    """Banding rules: `{"label", "lower_bound"?, "upper_bound"?}`, ascending and contiguous."""
+    attribute_version: int = 0
+    """1 for the first definition of `attribute_id`, incremented by each redefinition."""
+    defined_at: datetime | None = None
+    """When this version was defined."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,3 +94,5 @@ class CsvImportCompleted(DomainEvent, type_name="CsvImportCompleted"):
     rows_accepted: int
     rows_rejected: int
     completed_at: datetime
+    rows_read: int = 0
+    """Data rows read (header excluded); read - accepted - rejected were duplicates of earlier imports."""

@@ -12,11 +12,22 @@ from cdp.runtime.auth import Authenticator
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
 from services.ingest.application import Collector
+from services.ingest.config_grpc import ConfigurationApi
+from services.ingest.config_readmodel import ConfigView
+from services.ingest.configuration import (
+    AttributeCatalog,
+    CsvImports,
+    PlanEnforcer,
+    TrackingPlans,
+    flush_blocked_forever,
+)
+from services.ingest.domain.tracking_plans import PlanBook
 from services.ingest.grpc_api import ACCESS, SERVICE, IngestServicer
 from services.ingest.http_api import HttpApi, HttpLimits
 from services.ingest.readmodel import IngestState
 
 HOUSEKEEPING_SECONDS = 5.0
+BLOCKED_FLUSH_SECONDS = 2.0
 
 
 async def build(settings: Settings, *, http_limits: HttpLimits | None = None) -> ServiceApp:
@@ -27,8 +38,21 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     state = IngestState(engine)
     runner = ProjectionRunner(store, state, engine)
     committer = GroupCommitter(store)
-    collector = Collector(committer, keyring, resources.subject_ids(settings), state)
+    # Tracking plans: compiled in memory from the log, refreshed by the config projection and by publishing.
+    book = PlanBook()
+    enforcer = PlanEnforcer(book)
+    config_view = ConfigView(engine, on_plan=book.install)
+    config_runner = ProjectionRunner(store, config_view, engine)
+    plans = TrackingPlans(store, book)
+    await plans.load_into_book()
+    collector = Collector(committer, keyring, resources.subject_ids(settings), state, plans=enforcer)
     await runner.catch_up()  # dedupe, consent and suppression are current before the first message
+    await config_runner.catch_up()
+    catalog = AttributeCatalog(store)
+    configuration = ConfigurationApi(plans, catalog, CsvImports(collector, catalog, store), config_view)
+
+    async def flush_blocked() -> None:
+        await flush_blocked_forever(enforcer, config_view.add_blocked, BLOCKED_FLUSH_SECONDS)
 
     async def housekeeping() -> None:
         """Forget in-memory appends the read model holds, and dedupe entries past their window."""
@@ -39,6 +63,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
 
     async def close() -> None:
         committer.drain()
+        config_view.add_blocked(enforcer.drain())
         await store.close()
         keyring.close()
         engine.dispose()
@@ -56,9 +81,11 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     add = ingest_service_pb2_grpc.add_IngestServiceServicer_to_server
     return ServiceApp(
         name="ingest",
-        servicers=[(add, IngestServicer(collector), SERVICE.full_name)],
+        servicers=[(add, IngestServicer(collector, configuration), SERVICE.full_name)],
         access=ACCESS,
-        background=[committer.run, housekeeping, http],
+        # The config projection runs as a background job, not in `projections`: tests and tools read
+        # min(position) over `projections` as "caught up to head", which a filtered runner never reaches.
+        background=[committer.run, housekeeping, http, flush_blocked, config_runner.run],
         on_stop=[close],
         projections=[runner],
     )
