@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.eventlog                 # quick (~30 s): SQLite and PostgreSQL
     .venv/bin/python -m bench.eventlog --scale 4       # more events per measurement
     .venv/bin/python -m bench.eventlog --postgres skip # SQLite only
+    .venv/bin/python -m bench.eventlog --only group    # just the group-commit figures (append_many)
 
 The raw baseline inserts the same rows into an identical table with the bare driver (sqlite3 executemany;
 psycopg binary COPY) inside one transaction per batch, with no expected-version or idempotency checks.
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.eventlog.group import measure_group, print_group
 from bench.eventlog.raw import RawPostgres, RawSQLite, Rows
 from cdp.eventlog import START, EventFilter, EventStore, NewEvent, open_event_store
 from cdp.eventlog.common import encode_metadata
@@ -162,9 +164,25 @@ def print_rates(backend: str, rates: list[Rate]) -> None:
 
 
 async def measure(
+    backend: str,
+    store: EventStore,
+    raw: RawSQLite | RawPostgres,
+    url: str,
+    args: argparse.Namespace,
+) -> None:
+    """Every figure for one backend (or only the group-commit ones)."""
+    if args.only != "group":
+        await measure_appends(backend, store, raw.insert, url, args)
+    else:
+        print(f"\n{backend}:")
+    rounds = max(1, int(50 * args.scale))
+    print_group(await measure_group(store, raw.insert_many, args.callers, rounds, args.repeat))
+
+
+async def measure_appends(
     backend: str, store: EventStore, raw: Callable[[str, int, Rows], None], url: str, args: argparse.Namespace
 ) -> None:
-    """Every figure for one backend."""
+    """Sequential appends at each batch size, read_all, and subscription latency."""
     rates = []
     for batch in args.batches:
         total = events_for(batch, args.scale)
@@ -189,7 +207,7 @@ async def bench_sqlite(args: argparse.Namespace, folder: Path) -> None:
     store = open_event_store(url)
     raw = RawSQLite(str(folder / "raw.db"))
     try:
-        await run_timed(measure("SQLite (WAL, synchronous=NORMAL)", store, raw.insert, url, args))
+        await run_timed(measure("SQLite (WAL, synchronous=NORMAL)", store, raw, url, args))
     finally:
         raw.close()
         await store.close()
@@ -204,7 +222,7 @@ async def bench_postgres(args: argparse.Namespace) -> None:
     assert isinstance(store, PostgresEventStore)
     raw = RawPostgres(args.postgres, f"bench_raw_{suffix}")
     try:
-        await run_timed(measure("PostgreSQL", store, raw.insert, url, args))
+        await run_timed(measure("PostgreSQL", store, raw, url, args))
     finally:
         raw.close()
         await store.drop_schema()
@@ -225,6 +243,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=list(BATCHES))
     parser.add_argument("--repeat", type=int, default=3, help="rounds per batch size; the best is shown")
     parser.add_argument("--samples", type=int, default=200, help="latency samples per measurement")
+    parser.add_argument(
+        "--callers", type=int, default=100, help="concurrent callers for the group-commit figures"
+    )
+    parser.add_argument(
+        "--only", choices=("all", "group"), default="all", help="run every figure or only group"
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("CDP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),

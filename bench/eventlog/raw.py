@@ -36,6 +36,22 @@ class RawSQLite:
         )
         self._conn.execute("COMMIT")
 
+    def insert_many(self, rows: Rows, versions: dict[str, int]) -> None:
+        """Insert rows of many streams and move their versions, in one transaction."""
+        now = int(1e6)
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.executemany(
+            "INSERT INTO events (event_id, stream, category, stream_position, type, data, metadata, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r[0].bytes, *r[1:], now) for r in rows],
+        )
+        self._conn.executemany(
+            "INSERT INTO streams (stream, last_position) VALUES (?, ?)"
+            " ON CONFLICT (stream) DO UPDATE SET last_position = excluded.last_position",
+            list(versions.items()),
+        )
+        self._conn.execute("COMMIT")
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
@@ -62,6 +78,22 @@ class RawPostgres:
                 f"INSERT INTO {s}.streams (stream, last_position) VALUES (%s, %s) ON CONFLICT (stream)"
                 " DO UPDATE SET last_position = excluded.last_position".encode(),
                 (stream, start + len(rows) - 1),
+            )
+
+    def insert_many(self, rows: Rows, versions: dict[str, int]) -> None:
+        """Insert rows of many streams (COPY) and move their versions (one multi-row upsert), in one transaction."""
+        s = self._schema
+        columns = "event_id, stream, category, stream_position, type, data, metadata"
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            with cursor.copy(f"COPY {s}.events ({columns}) FROM STDIN (FORMAT BINARY)".encode()) as copy:
+                copy.set_types(["uuid", "text", "text", "int8", "text", "bytea", "json"])
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(
+                f"INSERT INTO {s}.streams (stream, last_position)"
+                " SELECT * FROM unnest(%b::TEXT[], %b::BIGINT[]) ON CONFLICT (stream)"
+                " DO UPDATE SET last_position = excluded.last_position".encode(),
+                (list(versions), list(versions.values())),
             )
 
     def close(self) -> None:

@@ -6,6 +6,12 @@ Deletion is KurrentDB's soft delete; truncation and retention are the `$tb`, `$m
 stream metadata. KurrentDB hides those events from stream reads at once but keeps them in `$all` until a
 scavenge, so reads of `$all` here check each stream's first visible revision and drop what it hides.
 
+`append_many` keeps the port's default (one `append_to_stream` per part, in order) on purpose. The
+client's `multi_append_to_stream` (KurrentDB 25.1+) does not fit the per-part contract: it is all or
+nothing (one failing expectation aborts every stream), refuses two parts for the same stream
+(`MultiAppendToSameStreamError`), and answers with one position for the whole transaction, not each
+part's revision and commit position.
+
 NOTE: no KurrentDB server was available while this adapter was written; it type-checks against
 kurrentdbclient 1.3.5 but has never been run. The contract suite runs it when CDP_TEST_KURRENTDB is set.
 """
