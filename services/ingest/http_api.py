@@ -42,6 +42,9 @@ ALLOWED_HEADERS = "Authorization, Content-Type, Content-Encoding"
 _JSON_TYPES = frozenset(("", "application/json", "text/plain"))
 # A JSON escape of a lone UTF-16 surrogate parses into a str that cannot be encoded as UTF-8 later.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# What the canonical log line reports about a request, filled in by its handler.
+_COUNT = web.RequestKey("message_count", int)
+_SOURCE = web.RequestKey("source_id", str)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class HttpApi:
     ) -> web.StreamResponse:
         """Error mapping, CORS headers and the canonical log line, for every request."""
         started = time.perf_counter()
-        request["count"] = 0
+        request[_COUNT] = 0
         try:
             response = await handler(request)
         except Refusal as refusal:
@@ -193,8 +196,8 @@ class HttpApi:
             path=_route(request),  # the route template: the settings path carries a write key
             status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            count=request["count"],
-            source=request.get("source", ""),
+            count=request[_COUNT],
+            source=request.get(_SOURCE, ""),
         )
         return response
 
@@ -217,12 +220,12 @@ class HttpApi:
             limit = MAX_MESSAGE_BYTES if kind else MAX_BATCH_BYTES
             document = parse_json(await read_body(request, limit))
             principal = principal or self._body_principal(document)
-            request["source"] = principal.source_id
+            request[_SOURCE] = principal.source_id
             if kind is None:
                 raws, defaults = batch_messages(document)
             else:
                 raws, defaults = [message_object(document)], None
-            request["count"] = len(raws)
+            request[_COUNT] = len(raws)
             outcomes = await self._collect_bounded(principal.source_id, raws, kind, defaults)
         finally:
             self._requests -= 1
@@ -284,7 +287,7 @@ class HttpApi:
         principal = self._authenticator.principal_for(key)
         if principal is None or principal.kind is not Access.WRITE_KEY:
             raise Refusal(404, "not_found", "no source has this write key")
-        request["source"] = principal.source_id
+        request[_SOURCE] = principal.source_id
         return json_response(source_settings(key, f"{request.host}/v1", request.scheme))
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -13,13 +13,14 @@ import gzip
 import json
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -35,6 +36,7 @@ from services.ingest.main import build
 from tests.integration.ingest.conftest import Ingest, settings_for
 
 WEB_KEY = "web-key"
+T = TypeVar("T")
 
 
 def basic(key: str) -> dict[str, str]:
@@ -87,6 +89,55 @@ async def running_http_ingest(
         await server.stop()
         await log.close()
         keyring.close()
+
+
+class ServerThread:
+    """Ingest served from a thread with its own event loop, for blocking clients (SDKs, `requests`, hypothesis)."""
+
+    def __init__(self, data_dir: Path, *, limits: HttpLimits | None = None) -> None:
+        self._data_dir = data_dir
+        self._limits = limits
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._running: HttpIngest | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(30) or self._running is None:
+            raise RuntimeError("ingest did not start") from self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None and self._loop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    @property
+    def url(self) -> str:
+        """The HTTP API's base URL."""
+        assert self._running is not None
+        return self._running.url
+
+    def run(self, work: Callable[[Ingest], Coroutine[Any, Any, T]]) -> T:
+        """Run `work(ingest)` on the server's loop (reading the log back) and return its result."""
+        assert self._running is not None and self._loop is not None
+        return asyncio.run_coroutine_threadsafe(work(self._running.ingest), self._loop).result(60)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with running_http_ingest(self._data_dir, limits=self._limits) as running:
+                self._running = running
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as error:
+            self._error = error
+            self._ready.set()
+            raise
 
 
 def track_batch(size: int, *, user_prefix: str = "load") -> dict[str, Any]:
