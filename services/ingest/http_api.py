@@ -39,7 +39,10 @@ SINGLE_PATHS: Mapping[str, str] = {
 }
 BATCH_PATHS = ("batch", "b", "import")
 ALLOWED_HEADERS = "Authorization, Content-Type, Content-Encoding"
-_JSON_TYPES = frozenset(("", "application/json", "text/plain"))
+# Parsed as JSON: what SDKs send, plus the types curl and beacon senders default to; other types get 415.
+_JSON_TYPES = frozenset(
+    ("", "application/json", "text/plain", "application/octet-stream", "application/x-www-form-urlencoded")
+)
 # A JSON escape of a lone UTF-16 surrogate parses into a str that cannot be encoded as UTF-8 later.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # What the canonical log line reports about a request, filled in by its handler.
@@ -164,13 +167,16 @@ class HttpApi:
     def application(self) -> web.Application:
         """The aiohttp application: routes and the edge middleware."""
         app = web.Application(middlewares=[self._edge], client_max_size=MAX_BATCH_BYTES)
-        for name, kind in SINGLE_PATHS.items():
-            app.router.add_post(f"/v1/{name}", self._single_handler(kind))
-        for name in BATCH_PATHS:
-            app.router.add_post(f"/v1/{name}", self._batch)
-        app.router.add_get("/v1/projects/{writeKey}/settings", self._settings)
-        app.router.add_get("/health", self._health)
-        app.router.add_route("OPTIONS", "/{tail:.*}", self._preflight)
+        posts = {f"/v1/{name}": self._single_handler(kind) for name, kind in SINGLE_PATHS.items()}
+        posts.update({f"/v1/{name}": self._batch for name in BATCH_PATHS})
+        gets = {"/v1/projects/{writeKey}/settings": self._settings, "/health": self._health}
+        for path, handler in posts.items():
+            app.router.add_post(path, handler)
+        for path, handler in gets.items():
+            app.router.add_get(path, handler)
+        for path in [*posts, *gets]:
+            # Per path, not a catch-all: an unknown path must stay a 404, not become a 405.
+            app.router.add_route("OPTIONS", path, self._preflight)
         return app
 
     @web.middleware

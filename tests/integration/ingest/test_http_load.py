@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import grpc
+from multidict import CIMultiDictProxy
 
 from cdp.eventlog import open_event_store
 from cdp.ingest.v1 import ingest_service_pb2_grpc
@@ -54,7 +55,7 @@ class HttpIngest:
 
     async def post(
         self, path: str, body: Any, *, headers: dict[str, str] | None = None, compress: bool = False
-    ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    ) -> tuple[int, Any, CIMultiDictProxy[str]]:
         """POST a JSON body (Basic auth with the web key unless headers say otherwise): status, JSON, headers."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         sent = {"Content-Type": "application/json", **basic(WEB_KEY), **(headers or {})}
