@@ -4,6 +4,8 @@ Three figures for one backend, each for `callers` tasks appending `rounds` event
 its own stream (an ingest request for one subject):
 - direct: every caller awaits `store.append` itself (one transaction per event);
 - group: every caller awaits `GroupCommitter.append` (queued callers share one `append_many` transaction);
+- append_many: one task calls `append_many` with `callers` one-event parts, `rounds` times (the store's own
+  share of the group figure, without the committer's queue and the callers' task switches);
 - raw: the bare driver inserts the same rows, `callers` per transaction (the ceiling group commit nears
   when every caller is waiting in each commit), with no checks.
 """
@@ -31,6 +33,7 @@ class GroupRate:
     events: int
     direct: float
     group: float
+    many: float
     raw: float
     per_commit: float
 
@@ -79,6 +82,15 @@ async def time_group(store: EventStore, callers: int, rounds: int, tag: str) -> 
     return rate, committer.events / max(1, committer.commits)
 
 
+async def time_many(store: EventStore, callers: int, rounds: int, tag: str) -> float:
+    """events/s calling `append_many` directly with `callers` one-event parts per call."""
+    calls = [[StreamAppend(f"gc{tag}-{n}", [_event()]) for n in range(callers)] for _ in range(rounds)]
+    started = time.perf_counter()
+    for parts in calls:
+        await store.append_many(parts)
+    return callers * rounds / (time.perf_counter() - started)
+
+
 def time_raw(
     insert_many: Callable[[Rows, dict[str, int]], None], callers: int, rounds: int, tag: str
 ) -> float:
@@ -105,10 +117,11 @@ async def measure_group(
     repeat: int,
 ) -> GroupRate:
     """Best of `repeat` interleaved rounds of each figure."""
-    best = GroupRate(callers, callers * rounds, 0.0, 0.0, 0.0, 0.0)
+    best = GroupRate(callers, callers * rounds, 0.0, 0.0, 0.0, 0.0, 0.0)
     for round_ in range(repeat):
         best.raw = max(best.raw, time_raw(insert_many, callers, rounds, f"raw{round_}"))
         best.direct = max(best.direct, await time_direct(store, callers, rounds, f"direct{round_}"))
+        best.many = max(best.many, await time_many(store, callers, rounds, f"many{round_}"))
         group, per_commit = await time_group(store, callers, rounds, f"group{round_}")
         if group > best.group:
             best.group, best.per_commit = group, per_commit
@@ -125,6 +138,7 @@ def print_group(rate: GroupRate) -> None:
         f"    group commit:   {rate.group:>9.0f} events/s  ({rate.per_commit:.1f} events/commit,"
         f" {rate.group / rate.direct:.1f}x direct)"
     )
+    print(f"    append_many:    {rate.many:>9.0f} events/s  ({rate.callers} parts/call, one caller)")
     print(
         f"    raw, {rate.callers}/txn:   {rate.raw:>9.0f} events/s  (group/raw {rate.group / rate.raw:.2f})"
     )
