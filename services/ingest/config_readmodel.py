@@ -129,7 +129,7 @@ class ConfigView:
         flagged: dict[tuple[Any, ...], list[Any]] = {}
         for recorded in events:
             if recorded.type == MessageCollected.type_name:
-                if _NO_VIOLATIONS not in recorded.data:  # the common case, decided without decoding
+                if _NO_VIOLATIONS in recorded.data:  # the common case, decided without decoding
                     continue
                 self._flagged(session, recorded, flagged)
                 continue

@@ -305,13 +305,13 @@ class CsvImports:
         catalog: AttributeCatalog,
         store: EventStore,
         *,
-        batch_size: int = CSV_BATCH,
+        batch_size: int | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._collector = collector
         self._catalog = catalog
         self._store = store
-        self._batch_size = batch_size
+        self._batch_size = batch_size or CSV_BATCH
         self._clock = clock
 
     async def run(
