@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cdp.eventlog.port import AppendResult, EventStore, EventStoreError, StreamAppend
+from cdp.eventlog.port import AppendResult, EventStore, EventStoreError, StreamAppend, check_parts
 
 Outcome = AppendResult | EventStoreError
 
@@ -36,6 +36,7 @@ class GroupCommitter:
         """Append the parts in the next shared commit; one outcome per part, as `append_many` gives."""
         if not parts:
             return []
+        check_parts(parts)  # a malformed request fails alone, never the commit it would have shared
         done: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(parts, done))
         return await done
