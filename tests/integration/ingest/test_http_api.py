@@ -277,3 +277,11 @@ async def test_over_the_in_flight_limit_requests_get_429_with_retry_after(tmp_pa
         status, _, _ = await api.post("/v1/track", {**MESSAGES["track"], "messageId": "after"})
         assert status == 200
         assert sorted(await stored(api)) == ["after", "slow"]
+
+
+async def test_stopping_ingest_closes_the_http_port(tmp_path: Path) -> None:
+    async with running_http_ingest(tmp_path) as api:
+        host, port = api.url.removeprefix("http://").split(":")
+        assert (await api.post("/v1/t", MESSAGES["track"]))[0] == 200
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host, int(port))
