@@ -44,7 +44,7 @@ from services.ingest.domain.csv_import import (
     RowMapper,
     validate_spec,
 )
-from services.ingest.domain.messages import InvalidMessage, parse_message
+from services.ingest.domain.messages import InvalidMessage, Message, parse_message
 from services.ingest.domain.outcomes import Outcome, Status
 from services.ingest.domain.plans import PlanDecision, Verdict
 from services.ingest.domain.tracking_plans import PlanBook, TrackingPlan, validate_plan
@@ -86,7 +86,7 @@ class PlanEnforcer:
         self._blocked: Counter[BlockedKey] = Counter()
         self._seen: dict[BlockedKey, tuple[datetime, datetime]] = {}
 
-    def check(self, source_id: str, message: Any) -> PlanDecision:
+    def check(self, source_id: str, message: Message) -> PlanDecision:
         """The book's decision; a BLOCK is tallied."""
         decision = self.book.check(source_id, message)
         if decision.verdict is Verdict.BLOCK:
