@@ -182,7 +182,9 @@ def load_state(session: Session) -> State:
             graph.redirects[row.profile_id] = row.redirect
             graph.retired_merges[row.profile_id] = row.merges
         else:
-            graph.nodes[row.profile_id] = Node({}, row.merges, set(row.no_relink), set(row.refused))
+            graph.nodes[row.profile_id] = Node(
+                {}, row.merges, frozenset(row.no_relink), frozenset(row.refused)
+            )
     for subject, link in graph.links.items():
         graph.nodes[link.profile].subjects[subject] = None
     _order_subjects(graph)

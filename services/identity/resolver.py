@@ -17,7 +17,16 @@ import structlog
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
-from cdp.eventlog.port import START, EventFilter, EventStore, EventStoreUnavailable, NewEvent, RecordedEvent
+from cdp.eventlog.port import (
+    START,
+    EventFilter,
+    EventStore,
+    EventStoreError,
+    EventStoreUnavailable,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
 from cdp.eventlog.projection import checkpoint_metadata, checkpoints
 from cdp.events import DomainEvent, EventMetadata, from_recorded
 from cdp.events.governance import SubjectErased
@@ -37,14 +46,29 @@ log = structlog.get_logger(__name__)
 
 CHECKPOINT = "identity-resolver"
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
+HASH_CACHE = 200_000
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
 
 
 class Observer:
     """Turns recorded events into state changes; shared by the live resolver, the rebuild and `as_of`."""
 
-    def __init__(self, state: State, keyring: Keyring, hasher: Hasher) -> None:
-        self.state, self.keyring, self.hasher = state, keyring, hasher
+    def __init__(
+        self, state: State, keyring: Keyring, hasher: Hasher, cache: dict[tuple[str, str], str] | None = None
+    ) -> None:
+        self.state, self.keyring = state, keyring
+        self._hasher, self._cache = hasher, {} if cache is None else cache
+        self.hasher: Hasher = self._hash
+
+    def _hash(self, identifier_type: str, value: str) -> str:
+        """Subject ids, cached: a person's identifiers recur in most of their messages (HMAC is not free)."""
+        key = (identifier_type, value)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= HASH_CACHE:
+                self._cache.clear()  # bounded; a clear is cheaper than LRU bookkeeping per lookup
+            found = self._cache[key] = self._hasher(identifier_type, value)
+        return found
 
     def observe(self, recorded: RecordedEvent, event: MessageCollected) -> Observation | None:
         """Open the message, remember its identifier values and record its history; None if erased."""
@@ -104,6 +128,7 @@ class Resolver:
         self._engine = engine.execution_options(sqlite_immediate=True)
         self._batch_size = batch_size
         self._lock = asyncio.Lock()
+        self._hashes: dict[tuple[str, str], str] = {}
         self._state: State | None = None
         self._position = START
         self._scanned = START
@@ -205,8 +230,7 @@ class Resolver:
                     e.subject_id for _, e in decoded if isinstance(e, MessageCollected)
                 )
                 runs = await asyncio.to_thread(self._decide, state, decoded)
-                for stream, new_events in runs:
-                    await self._store.append(stream, new_events)
+                await self._append(runs)
                 await asyncio.to_thread(self._save, page[-1].global_position)
             except BaseException:
                 self._state = None  # the in-memory state ran ahead of the database: reload it
@@ -215,11 +239,20 @@ class Resolver:
             self._position = page[-1].global_position
             self._advanced.notify_all()
 
+    async def _append(self, runs: list[tuple[str, list[NewEvent]]]) -> None:
+        """All of a batch's decisions in one group commit, in decision order."""
+        if not runs:
+            return
+        results = await self._store.append_many([StreamAppend(stream, events) for stream, events in runs])
+        failed = next((r for r in results if isinstance(r, EventStoreError)), None)
+        if failed is not None:
+            raise failed  # deterministic ids make a retry idempotent: a conflict here is a bug, not a race
+
     def _decide(
         self, state: State, decoded: Sequence[tuple[RecordedEvent, DomainEvent]]
     ) -> list[tuple[str, list[NewEvent]]]:
         """In a worker thread: observe and decide each event; decisions grouped in runs of one stream."""
-        observer = Observer(state, self._keyring, self._hasher)
+        observer = Observer(state, self._keyring, self._hasher, self._hashes)
         runs: list[tuple[str, list[NewEvent]]] = []
         for recorded, event in decoded:
             if isinstance(event, MessageCollected):

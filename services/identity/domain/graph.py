@@ -32,8 +32,9 @@ class Node:
 
     subjects: dict[str, None] = field(default_factory=dict)
     merges: int = 0
-    no_relink: set[str] = field(default_factory=set)
-    refused: set[str] = field(default_factory=set)
+    # Both are empty for nearly every profile: a shared empty frozenset, replaced on first write, saves memory.
+    no_relink: frozenset[str] = frozenset()
+    refused: frozenset[str] = frozenset()
     """`subject:rule` pairs already refused, so a repeated message does not repeat its refusal."""
 
 
@@ -178,16 +179,16 @@ class Graph:
         target.refused |= source.refused
         for other in source.no_relink:
             if other in self.nodes:
-                self.nodes[other].no_relink.discard(d.merged)
-                self.nodes[other].no_relink.add(d.profile)
-                target.no_relink.add(other)
+                peer = self.nodes[other]
+                peer.no_relink = (peer.no_relink - {d.merged}) | {d.profile}
+                target.no_relink |= {other}
         self.redirects[d.merged] = d.profile
         self.dirty_profiles.update((d.profile, d.merged))
 
     def _refuse(self, d: Rejected) -> None:
         node = self.nodes.get(d.profile)
         if node is not None:
-            node.refused.add(f"{d.subject}:{d.rule}")
+            node.refused |= {f"{d.subject}:{d.rule}"}
             self.dirty_profiles.add(d.profile)
 
     def _split(self, d: Split) -> None:
@@ -208,6 +209,6 @@ class Graph:
                 link.home = d.new_profile
             self.dirty_subjects.add(subject)
         if d.prevent_relink:
-            target.no_relink.add(live)
-            self.nodes[live].no_relink.add(d.new_profile)
+            target.no_relink |= {live}
+            self.nodes[live].no_relink |= {d.new_profile}
         self.dirty_profiles.update((live, d.new_profile))
