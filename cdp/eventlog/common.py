@@ -84,7 +84,7 @@ def replayed_result(
     if last is None:
         return None
     assert last.global_position is not None  # every stored id has one
-    return AppendResult(stream_position=last.stream_position, global_position=last.global_position)
+    return AppendResult(last.stream_position, last.global_position, replayed=True)
 
 
 class _Known(NamedTuple):
@@ -179,7 +179,7 @@ def plan_append_many(
             plan.pending[index] = last.write
             plan.outcomes.append(None)
         else:
-            plan.outcomes.append(AppendResult(last.stream_position, last.global_position))
+            plan.outcomes.append(AppendResult(last.stream_position, last.global_position, replayed=True))
     return plan
 
 

@@ -68,6 +68,9 @@ class AppendResult:
 
     stream_position: int
     global_position: int
+    replayed: bool = field(default=False, compare=False)
+    """True when every event id was stored already and nothing was written (an idempotent retry); a backend
+    that dedupes retries silently (KurrentDB within its window) may report False for such a retry."""
 
 
 @dataclass(frozen=True)

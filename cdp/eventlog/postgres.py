@@ -394,7 +394,7 @@ class PostgresEventStore(EventStore):
         if outcome == "appended":
             self._signal.notify()
         assert stream_position is not None and global_position is not None
-        return AppendResult(stream_position=stream_position, global_position=global_position)
+        return AppendResult(stream_position, global_position, replayed=outcome != "appended")
 
     async def read_stream(
         self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None

@@ -176,6 +176,7 @@ class EventStoreContract(abc.ABC):
         original = await store.append(f"{cat}-a", batch, ExpectedVersion.NO_STREAM)
         retried = await store.append(f"{cat}-a", batch, ExpectedVersion.NO_STREAM)
         assert retried == original
+        assert (original.replayed, retried.replayed) == (False, True), "a retry says it wrote nothing"
         assert len(await store.read_stream(f"{cat}-a")) == 3
 
     async def test_a_retry_after_other_appends_still_returns_the_original(
@@ -393,7 +394,10 @@ class EventStoreContract(abc.ABC):
         assert all(isinstance(r, AppendResult) for r in original)
         await store.append(f"{cat}-a", new_events(1, prefix="later"))
         head = await store.head_position()
-        assert await store.append_many(parts) == original
+        retried = await store.append_many(parts)
+        assert retried == original
+        assert [r.replayed for r in retried if isinstance(r, AppendResult)] == [True, True, True]
+        assert not any(r.replayed for r in original if isinstance(r, AppendResult))
         assert await store.head_position() == head
         assert await store.read_all(head, filter=EventFilter(categories=(cat,))) == []
         assert [e.data for e in await store.read_stream(f"{cat}-a")] == [b"a0", b"a1", b"c0", b"later0"]
