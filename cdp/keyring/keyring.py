@@ -54,8 +54,12 @@ class Keyring:
         return found
 
     async def prefetch(self, subjects: Iterable[str]) -> dict[str, SubjectKeys]:
-        """`data_keys` in a worker thread, for asyncio callers about to encrypt a batch."""
-        return await asyncio.to_thread(self.data_keys, list(subjects))
+        """`data_keys` in a worker thread, for asyncio callers about to encrypt a batch; no hop when all cached."""
+        wanted = list(dict.fromkeys(subjects))
+        cached = {s: keys for s in wanted if (keys := self._cache.get(s)) is not None}
+        if len(cached) == len(wanted):
+            return cached
+        return await asyncio.to_thread(self.data_keys, wanted)
 
     def encrypt(self, subject: str, plaintext: bytes, *, aad: bytes = b"") -> bytes:
         """Seal bytes under the subject's current key; SubjectErased if the subject was shredded."""

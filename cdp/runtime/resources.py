@@ -21,7 +21,8 @@ def keyring(settings: Settings) -> Keyring:
     master = load_master_key(
         settings.master_key, master_key_file(settings), production=settings.env == "production"
     )
-    return open_keyring(settings.keyring_url, master)
+    # Room for the keys of every person active in the last minute on a busy installation (~300 B each).
+    return open_keyring(settings.keyring_url, master, cache_size=100_000)
 
 
 def subject_ids(settings: Settings) -> SubjectIds:
