@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from cdp.eventlog import EventStore
@@ -82,9 +84,33 @@ def settings_for(path: Path, **changes: Any) -> Settings:
     return replace(Settings.from_env({"CDP_DATA_DIR": str(path)}), grace_seconds=0.5, **changes)
 
 
+POSTGRES = os.environ.get("CDP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Settings for the event log and read model: SQLite files, or one throwaway PostgreSQL schema for both."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    if POSTGRES == "skip":
+        pytest.skip("CDP_TEST_POSTGRES=skip")
+    schema = f"test_identity_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}".encode())
+    try:
+        yield {
+            "event_store": f"{POSTGRES}?schema={schema}",
+            "read_model_url": f"{POSTGRES}?options=-csearch_path%3D{schema}",
+        }
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
+
+
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = settings_for(tmp_path)
+async def harness(tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[Harness]:
+    settings = settings_for(tmp_path, **backend)
     app = await build(settings)
     resolver = app.background[0].__self__  # type: ignore[attr-defined]
     server = GrpcServer(app, settings, port=0)
