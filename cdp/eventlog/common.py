@@ -144,6 +144,8 @@ class AppendPlan:
     outcomes: list[AppendResult | EventStoreError | None] = field(default_factory=list)
     pending: dict[int, int] = field(default_factory=dict)
     """Part index → index in `writes` of the event whose positions are the part's result."""
+    echoes: set[int] = field(default_factory=set)
+    """Parts that repeat the events of an earlier part of the same call: they write nothing (replayed)."""
 
     def results(self, global_positions: Sequence[int]) -> list[AppendResult | EventStoreError]:
         """Every part's outcome, given the global positions the writes received (in `writes` order)."""
@@ -153,7 +155,8 @@ class AppendPlan:
         for index, outcome in enumerate(self.outcomes):
             if outcome is None:
                 write = self.pending[index]
-                outcome = AppendResult(self.writes[write].stream_position, global_positions[write])
+                position = self.writes[write].stream_position
+                outcome = AppendResult(position, global_positions[write], replayed=index in self.echoes)
             results.append(outcome)
         return results
 
@@ -170,6 +173,7 @@ def plan_append_many(
     states = dict(streams)
     plan = AppendPlan()
     for index, part in enumerate(appends):
+        written = len(plan.writes)
         try:
             last = _plan_part(plan, part, known, states)
         except (EventIdConflict, WrongExpectedVersion) as error:
@@ -178,6 +182,8 @@ def plan_append_many(
         if last.global_position is None:
             plan.pending[index] = last.write
             plan.outcomes.append(None)
+            if len(plan.writes) == written:
+                plan.echoes.add(index)
         else:
             plan.outcomes.append(AppendResult(last.stream_position, last.global_position, replayed=True))
     return plan

@@ -14,21 +14,21 @@ import structlog
 
 from cdp.eventlog.common import EventIdConflict
 from cdp.eventlog.group_commit import GroupCommitter
-from cdp.eventlog.port import AppendResult, NewEvent, StreamAppend
+from cdp.eventlog.port import AppendResult, StreamAppend
 from cdp.events import ConsentChanged, EventMetadata, MessageCollected, streams
 from cdp.events.ingest import seal_payload
 from cdp.keyring import Keyring, SubjectIds
-from services.ingest.domain.consent import consent_change
+from services.ingest.domain.consent import consent_change, consent_preferences
 from services.ingest.domain.messages import InvalidMessage, Message, parse_message
 from services.ingest.domain.outcomes import Outcome, Reason, Status
 from services.ingest.domain.plans import NoPlans, PlanCheck, PlanViolation, Verdict
-from services.ingest.readmodel import IngestState, Lookup
+from services.ingest.readmodel import IngestState
 
 log = structlog.get_logger(__name__)
 
-# Event ids derive from (source, messageId): a retried message always maps to the same event, so the log
-# itself refuses to store it twice even when the dedupe read model has not caught up yet (a crash between
-# append and acknowledgement, then a retry).
+# Event ids derive from (source, messageId): a message sent again, whether retried after a crash between
+# append and acknowledgement or re-sent days later, maps to the same event, and the log refuses to store an
+# event id twice. Deduplication is therefore exactly as durable as the log itself.
 _EVENT_IDS = uuid.UUID("6f1d3c52-4d7e-4a43-9d55-1b0c8e7a2f10")
 
 
@@ -80,8 +80,6 @@ class Collector:
         self._state = state
         self._plans = plans or NoPlans()
         self._clock = clock
-        # Appended but perhaps not yet projected into `state`: (source, message id) → global position.
-        self._recent: dict[tuple[str, str], int] = {}
         # Consent appended but perhaps not yet projected: subject → (global position, purposes as now known).
         self._recent_consent: dict[str, tuple[int, dict[str, bool]]] = {}
         self.counters = Counters()
@@ -134,22 +132,18 @@ class Collector:
     ) -> tuple[list[_Accepted], dict[str, dict[str, bool]]]:
         """Drop duplicates and suppressed subjects, apply the tracking plan; also the subjects' known consent."""
         candidates = [self._identify(index, message) for index, message in parsed]
-        subjects = {s for c in candidates for s in c.identifiers.values()}
-        lookup: Lookup = await asyncio.to_thread(
-            self._state.lookup, source_id, [c.message.message_id for c in candidates], subjects
-        )
+        suppressed = self._state.suppressed
         admitted: list[_Accepted] = []
         in_batch: set[str] = set()
         for candidate in candidates:
             message = candidate.message
-            key = (source_id, message.message_id)
-            if message.message_id in lookup.seen or key in self._recent or message.message_id in in_batch:
+            if message.message_id in in_batch:
                 outcomes[candidate.index] = Outcome(
                     candidate.index, message.message_id, Status.DUPLICATE, received_at
                 )
                 continue
             in_batch.add(message.message_id)
-            if lookup.suppressed.intersection(candidate.identifiers.values()):
+            if suppressed and suppressed.intersection(candidate.identifiers.values()):
                 outcomes[candidate.index] = Outcome(
                     candidate.index, message.message_id, Status.REJECTED, received_at, Reason.SUPPRESSED
                 )
@@ -167,8 +161,16 @@ class Collector:
                 continue
             flagged = decision.violations if decision.verdict is Verdict.FLAG else ()
             admitted.append(replace(candidate, message=decision.message, plan_violations=flagged))
-        consent = {**lookup.consent, **{s: purposes for s, (_, purposes) in self._recent_consent.items()}}
-        return admitted, consent
+        return admitted, await self._known_consent(admitted)
+
+    async def _known_consent(self, admitted: list[_Accepted]) -> dict[str, dict[str, bool]]:
+        """The recorded consent of the subjects whose messages state consent (most messages do not)."""
+        stating = {a.subject_id for a in admitted if consent_preferences(a.message) is not None}
+        if not stating:
+            return {}
+        known = await asyncio.to_thread(self._state.consent_of, stating)
+        recent = {s: purposes for s, (_, purposes) in self._recent_consent.items() if s in stating}
+        return {**known, **recent}
 
     def _identify(self, index: int, message: Message) -> _Accepted:
         """The subject whose stream and key hold the message, and the subject ids of its user and anonymous ids."""
@@ -191,50 +193,35 @@ class Collector:
         """Encrypt, group by stream, append in the next shared commit, and report per message."""
         await self._keyring.prefetch({a.subject_id for a in accepted})
         metadata = EventMetadata(actor=f"source:{source_id}")
-        by_stream: dict[str, list[tuple[_Accepted | None, NewEvent]]] = {}
+        # One part per message: the log then says, message by message, whether it was new or a retry.
+        parts: list[StreamAppend] = []
+        owners: list[_Accepted | None] = []
         for item in accepted:
             event_id = message_event_id(source_id, item.message.message_id)
             event = self._message_event(source_id, item).to_new_event(metadata, id=event_id)
-            by_stream.setdefault(streams.subject_stream(item.subject_id), []).append((item, event))
+            parts.append(StreamAppend(streams.subject_stream(item.subject_id), [event]))
+            owners.append(item)
             purposes = consent_change(item.message, consent.get(item.subject_id))
             if purposes is not None:
                 consent[item.subject_id] = {**consent.get(item.subject_id, {}), **purposes}
                 change = ConsentChanged(subject_id=item.subject_id, purposes=purposes, source_id=source_id)
                 consent_event = change.to_new_event(metadata, id=uuid.uuid5(event_id, "consent"))
-                by_stream.setdefault(streams.consent_stream(item.subject_id), []).append(
-                    (None, consent_event)
-                )
-        parts = [
-            StreamAppend(stream, [event for _, event in entries]) for stream, entries in by_stream.items()
-        ]
+                parts.append(StreamAppend(streams.consent_stream(item.subject_id), [consent_event]))
+                owners.append(None)
         results = await self._committer.append(parts)
         failure: Exception | None = None
-        for (stream, entries), result in zip(by_stream.items(), results, strict=True):
+        for part, owner, result in zip(parts, owners, results, strict=True):
             if not isinstance(result, AppendResult | EventIdConflict):
-                log.error("append_failed", stream=stream, error=str(result))
+                log.error("append_failed", stream=part.stream, error=str(result))
                 failure = result
-                continue
-            for owner, _ in entries:
-                if owner is not None:
-                    outcomes[owner.index] = self._outcome(source_id, owner, result, received_at)
-            subject = stream.removeprefix(f"{streams.CONSENT}-")
-            if subject != stream and isinstance(result, AppendResult):
+            elif owner is not None:
+                outcomes[owner.index] = _outcome(owner, result, received_at)
+            elif isinstance(result, AppendResult) and not result.replayed:
+                subject = part.stream.removeprefix(f"{streams.CONSENT}-")
                 self._recent_consent[subject] = (result.global_position, consent[subject])
         if failure is not None:
             # The sender retries the whole request; what was appended then comes back as duplicates.
             raise failure
-
-    def _outcome(
-        self, source_id: str, item: _Accepted, result: AppendResult | EventIdConflict, received_at: datetime
-    ) -> Outcome:
-        message_id = item.message.message_id
-        if isinstance(result, EventIdConflict):
-            # The log already holds this source's message id: it was accepted before (the read model lagged).
-            return Outcome(item.index, message_id, Status.DUPLICATE, received_at)
-        self._recent[(source_id, message_id)] = result.global_position
-        return Outcome(
-            item.index, message_id, Status.ACCEPTED, received_at, plan_violations=item.plan_violations
-        )
 
     def _message_event(self, source_id: str, item: _Accepted) -> MessageCollected:
         message = item.message
@@ -253,9 +240,16 @@ class Collector:
         )
 
     def forget_projected(self, position: int) -> None:
-        """Drop the in-memory memory of appends the read model now holds."""
-        self._recent = {key: pos for key, pos in self._recent.items() if pos > position}
+        """Drop the in-memory copy of consent changes the read model now holds."""
         self._recent_consent = {s: entry for s, entry in self._recent_consent.items() if entry[0] > position}
+
+
+def _outcome(item: _Accepted, result: AppendResult | EventIdConflict, received_at: datetime) -> Outcome:
+    """ACCEPTED when the log stored the message now; DUPLICATE when it held this source's message id already."""
+    message_id = item.message.message_id
+    if isinstance(result, EventIdConflict) or result.replayed:
+        return Outcome(item.index, message_id, Status.DUPLICATE, received_at)
+    return Outcome(item.index, message_id, Status.ACCEPTED, received_at, plan_violations=item.plan_violations)
 
 
 def _with_defaults(raw: Any, defaults: Mapping[str, Any] | None) -> Any:

@@ -46,7 +46,8 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     plans = TrackingPlans(store, book)
     await plans.load_into_book()
     collector = Collector(committer, keyring, resources.subject_ids(settings), state, plans=enforcer)
-    await runner.catch_up()  # dedupe, consent and suppression are current before the first message
+    await runner.catch_up()  # consent and suppression are current before the first message
+    await asyncio.to_thread(state.load)
     await config_runner.catch_up()
     catalog = AttributeCatalog(store)
     configuration = ConfigurationApi(plans, catalog, CsvImports(collector, catalog, store), config_view)
@@ -55,11 +56,10 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         await flush_blocked_forever(enforcer, config_view.add_blocked, BLOCKED_FLUSH_SECONDS)
 
     async def housekeeping() -> None:
-        """Forget in-memory appends the read model holds, and dedupe entries past their window."""
+        """Forget the in-memory consent changes the read model now holds."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             collector.forget_projected(runner.position)
-            await asyncio.to_thread(state.forget_older_than)
 
     async def close() -> None:
         committer.drain()

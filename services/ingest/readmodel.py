@@ -1,36 +1,24 @@
-"""Ingest's own read model: message ids seen per source (dedupe), consent and suppression per subject.
+"""Ingest's own read model: consent and suppression per subject.
 
-Projected from the log like every read model, so it survives restarts and can be rebuilt; the collector
-asks it one question per batch (`lookup`).
+Projected from the log like every read model, so it survives restarts and can be rebuilt. Suppressions are few
+and checked for every message, so they are also held in memory, reloaded after each commit that changed them.
+Deduplication needs no table: a message's event id derives from (source, messageId) and the log refuses to
+store an id twice (see `application.message_event_id`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Engine,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    select,
-    tuple_,
-)
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, delete, select
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cdp.eventlog.port import EventFilter, RecordedEvent
 from cdp.events import (
     ConsentChanged,
-    MessageCollected,
     SubjectErased,
     SubjectSuppressed,
     SubjectUnsuppressed,
@@ -38,15 +26,6 @@ from cdp.events import (
 )
 
 metadata = MetaData()
-
-seen_messages = Table(
-    "ingest_seen_messages",
-    metadata,
-    Column("source_id", String(64), primary_key=True),
-    Column("message_id", String(100), primary_key=True),
-    Column("position", BigInteger, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
-)
 
 consent_state = Table(
     "ingest_consent",
@@ -62,44 +41,36 @@ suppressed_subjects = Table(
     Column("since", DateTime(timezone=True), nullable=False),
 )
 
-_TYPES = (MessageCollected, ConsentChanged, SubjectSuppressed, SubjectUnsuppressed, SubjectErased)
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """What the collector needs to know about one batch before deciding."""
-
-    seen: frozenset[str]
-    consent: dict[str, dict[str, bool]]
-    suppressed: frozenset[str]
+_TYPES = (ConsentChanged, SubjectSuppressed, SubjectUnsuppressed, SubjectErased)
 
 
 class IngestState:
-    """The projection that fills the tables, and the one query the collector makes."""
+    """The projection that fills the tables, and the questions the collector asks."""
 
     name = "ingest-state"
     metadata = metadata
     filter = EventFilter(event_types=tuple(cls.type_name for cls in _TYPES))
 
-    def __init__(self, engine: Engine, dedupe_window: timedelta = timedelta(days=7)) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.dedupe_window = dedupe_window
+        self.suppressed: frozenset[str] = frozenset()
+        """Every suppressed subject, as of the last committed batch (read in the event loop, no I/O)."""
+
+    def load(self) -> None:
+        """Read the suppressed subjects into memory (at start-up, and after a batch changed them)."""
+        with self._engine.connect() as connection:
+            self.suppressed = frozenset(
+                connection.execute(select(suppressed_subjects.c.subject_id)).scalars()
+            )
 
     def apply(self, session: Session, events: Sequence[RecordedEvent]) -> None:
         """Update the tables for a batch of events (inside the runner's transaction)."""
-        seen_rows = []
         for recorded in events:
             event = from_recorded(recorded)
-            if isinstance(event, MessageCollected):
-                seen_rows.append(
-                    {
-                        "source_id": event.source_id,
-                        "message_id": event.message_id,
-                        "position": recorded.global_position,
-                        "received_at": event.received_at,
-                    }
-                )
-            elif isinstance(event, ConsentChanged):
+            if isinstance(event, SubjectSuppressed | SubjectUnsuppressed):
+                # Reload once the batch is committed, so memory never shows what the database may roll back.
+                sqlalchemy_event.listen(session, "after_commit", lambda _: self.load(), once=True)
+            if isinstance(event, ConsentChanged):
                 self._merge_consent(session, event)
             elif isinstance(event, SubjectSuppressed):
                 _upsert(
@@ -113,50 +84,17 @@ class IngestState:
                 )
             elif isinstance(event, SubjectErased):
                 session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
-        if seen_rows:
-            _insert_ignore(session, seen_messages, seen_rows)
 
-    def lookup(self, source_id: str, message_ids: Iterable[str], subject_ids: Iterable[str]) -> Lookup:
-        """Which message ids this source sent before, and the consent and suppression of these subjects."""
-        ids, subjects = list(dict.fromkeys(message_ids)), list(dict.fromkeys(subject_ids))
+    def consent_of(self, subject_ids: Iterable[str]) -> dict[str, dict[str, bool]]:
+        """The consent last recorded for these subjects (only asked for messages that state consent)."""
+        subjects = list(dict.fromkeys(subject_ids))
         with self._engine.connect() as connection:
-            seen = connection.execute(
-                select(seen_messages.c.message_id).where(
-                    seen_messages.c.source_id == source_id, seen_messages.c.message_id.in_(ids)
-                )
-            ).scalars()
-            consent = connection.execute(
+            rows = connection.execute(
                 select(consent_state.c.subject_id, consent_state.c.purposes).where(
                     consent_state.c.subject_id.in_(subjects)
                 )
             ).all()
-            suppressed = connection.execute(
-                select(suppressed_subjects.c.subject_id).where(suppressed_subjects.c.subject_id.in_(subjects))
-            ).scalars()
-            return Lookup(
-                seen=frozenset(seen),
-                consent={subject: json.loads(purposes) for subject, purposes in consent},
-                suppressed=frozenset(suppressed),
-            )
-
-    def forget_older_than(self, now: datetime | None = None) -> int:
-        """Drop dedupe entries past the window; returns how many went."""
-        cutoff = (now or datetime.now(UTC)) - self.dedupe_window
-        with self._engine.begin() as connection:
-            return connection.execute(
-                delete(seen_messages).where(seen_messages.c.received_at < cutoff)
-            ).rowcount
-
-    def seen_pairs(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which (source id, message id) pairs are recorded (for tests and diagnostics)."""
-        wanted = list(pairs)
-        with self._engine.connect() as connection:
-            rows = connection.execute(
-                select(seen_messages.c.source_id, seen_messages.c.message_id).where(
-                    tuple_(seen_messages.c.source_id, seen_messages.c.message_id).in_(wanted)
-                )
-            ).all()
-        return {(source, message) for source, message in rows}
+        return {subject: json.loads(purposes) for subject, purposes in rows}
 
     @staticmethod
     def _merge_consent(session: Session, event: ConsentChanged) -> None:
@@ -165,12 +103,6 @@ class IngestState:
         ).scalar_one_or_none()
         purposes = {**(json.loads(current) if current else {}), **event.purposes}
         _upsert(session, consent_state, [{"subject_id": event.subject_id, "purposes": json.dumps(purposes)}])
-
-
-def _insert_ignore(session: Session, table: Table, rows: list[dict[str, object]]) -> None:
-    """Insert rows, skipping those whose key exists (a replayed batch, or the same id in two streams)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, object]]) -> None:

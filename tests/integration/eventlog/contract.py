@@ -382,6 +382,18 @@ class EventStoreContract(abc.ABC):
         assert [e.id for e in stored] == [e.id for e in first + second]
         assert [e.stream_position for e in stored] == [0, 1, 2, 3]
 
+    async def test_a_part_repeating_an_earlier_part_of_the_call_is_a_replay(
+        self, store: EventStore, cat: str
+    ) -> None:
+        events = new_events(1, prefix="e")
+        first, echo = await store.append_many(
+            [StreamAppend(f"{cat}-a", events), StreamAppend(f"{cat}-a", events)]
+        )
+        assert isinstance(first, AppendResult) and isinstance(echo, AppendResult)
+        assert echo == first
+        assert (first.replayed, echo.replayed) == (False, True)
+        assert len(await store.read_stream(f"{cat}-a")) == 1
+
     async def test_a_retried_call_returns_the_original_results_and_writes_nothing(
         self, store: EventStore, cat: str
     ) -> None:
