@@ -7,6 +7,7 @@ as its checkpoint; queries read these tables from the gRPC side.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,7 +43,6 @@ links = Table(
     Column("profile_id", String(36), nullable=False, index=True),
     Column("home", String(36), nullable=False),
     Column("linked_at", BigInteger),
-    Column("decision_id", String(36), nullable=False),
 )
 values = Table(
     "identity_values",
@@ -97,14 +97,26 @@ rules_table = Table(
 CHUNK = 500
 
 
+HISTORY_CACHE = 100_000
+"""Histories kept in memory between batches; the graph itself is always whole in memory."""
+VALUE_CACHE = 200_000
+
+
 @dataclass
 class State:
-    """Everything the resolver decides with, plus what changed since the last save."""
+    """Everything the resolver decides with, plus what changed since the last save.
+
+    `histories` is complete when `persisted` is False (a replay in memory); otherwise it is a cache of the
+    `identity_histories` table, filled on demand (`load_histories`) and trimmed after each save.
+    """
 
     graph: Graph = field(default_factory=Graph)
     histories: dict[str, History] = field(default_factory=dict)
     rules: Rules = field(default_factory=default_rules)
+    persisted: bool = False
+    without_history: set[str] = field(default_factory=set)
     known_values: set[str] = field(default_factory=set)
+    """Subjects whose clear value was written lately (a bounded hint; rewriting a value is harmless)."""
     new_values: dict[str, tuple[str, str]] = field(default_factory=dict)
     dirty_histories: set[str] = field(default_factory=set)
     new_decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -113,7 +125,9 @@ class State:
     rules_changed: bool = False
 
     def remember_value(self, subject: str, identifier_type: str, value: str) -> None:
-        """Keep an identifier's clear value (once) for GetProfile."""
+        """Keep an identifier's clear value for GetProfile (not for erased subjects: they are gone)."""
+        if subject in self.graph.links or subject in self.graph.erased:
+            return  # a linked subject's value is stored already
         if subject not in self.known_values:
             self.known_values.add(subject)
             self.new_values[subject] = (identifier_type, value)
@@ -171,30 +185,27 @@ def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
 
 
 def load_state(session: Session) -> State:
-    """The resolver's state as last committed."""
-    state = State()
+    """The resolver's state as last committed (histories are read on demand)."""
+    state = State(persisted=True)
     graph = state.graph
-    for row in session.execute(select(links)):
-        linked_at = from_micros(row.linked_at)
-        graph.links[row.subject_id] = Link(row.type, row.profile_id, row.home, linked_at, row.decision_id)
     for row in session.execute(select(profiles)):
+        profile = sys.intern(row.profile_id)  # one string per profile, shared by all its links
         if row.redirect is not None:
-            graph.redirects[row.profile_id] = row.redirect
-            graph.retired_merges[row.profile_id] = row.merges
+            graph.redirects[profile] = sys.intern(row.redirect)
+            graph.retired_merges[profile] = row.merges
         else:
-            graph.nodes[row.profile_id] = Node(
-                {}, row.merges, frozenset(row.no_relink), frozenset(row.refused)
-            )
+            graph.nodes[profile] = Node({}, row.merges, frozenset(row.no_relink), frozenset(row.refused))
+    types: dict[str, str] = {}
+    for row in session.execute(select(links)):
+        kind = types.setdefault(row.type, row.type)
+        home = sys.intern(row.home)
+        graph.links[row.subject_id] = Link(kind, sys.intern(row.profile_id), home, from_micros(row.linked_at))
     for subject, link in graph.links.items():
         graph.nodes[link.profile].subjects[subject] = None
     _order_subjects(graph)
     graph.erased = set(session.scalars(select(erased.c.subject_id)))
-    for row in session.execute(select(histories)):
-        state.histories[row.subject_id] = history_from_json(row.data)
-    state.known_values = set(session.scalars(select(values.c.subject_id)))
-    state.next_seq = (
-        session.scalar(select(decisions.c.seq).order_by(decisions.c.seq.desc()).limit(1)) or -1
-    ) + 1
+    last = session.scalar(select(decisions.c.seq).order_by(decisions.c.seq.desc()).limit(1))
+    state.next_seq = (last if last is not None else -1) + 1
     rules_row = session.execute(select(rules_table)).first()
     if rules_row is not None:
         state.rules = rules_from_row(rules_row.data, rules_row.version)
@@ -214,12 +225,12 @@ def save_state(session: Session, state: State) -> None:
     subjects = graph.dirty_subjects | state.dirty_histories
     profile_ids = set(graph.dirty_profiles) | state.gone_profiles
     profile_ids |= {p for s in state.dirty_histories if (p := graph.profile_of(s)) is not None}
+    load_histories(session, state, [s for p in profile_ids for s in graph.subjects_of(p)])
     _replace(session, links, links.c.subject_id, graph.dirty_subjects, _link_rows(graph))
     _replace(session, histories, histories.c.subject_id, state.dirty_histories, _history_rows(state))
     _delete(session, values, values.c.subject_id, [s for s in subjects if s in graph.erased])
-    _insert(
-        session, values, [{"subject_id": s, "type": t, "value": v} for s, (t, v) in state.new_values.items()]
-    )
+    new_values = state.new_values
+    _replace(session, values, values.c.subject_id, new_values, lambda s: _value_row(s, new_values[s]))
     tombstones = [s for s in subjects if s in graph.erased]
     _replace(session, erased, erased.c.subject_id, tombstones, lambda s: {"subject_id": s})
     _replace(session, profiles, profiles.c.profile_id, profile_ids, lambda p: profile_row(state, p))
@@ -234,6 +245,37 @@ def save_state(session: Session, state: State) -> None:
     _clear(state)
 
 
+def _value_row(subject: str, typed: tuple[str, str]) -> dict[str, str]:
+    return {"subject_id": subject, "type": typed[0], "value": typed[1]}
+
+
+def load_histories(session: Session, state: State, subjects: Iterable[str]) -> None:
+    """Bring the stored histories of these subjects into the cache (a no-op for an in-memory state)."""
+    if not state.persisted:
+        return
+    missing = sorted({s for s in subjects if s not in state.histories and s not in state.without_history})
+    for start in range(0, len(missing), CHUNK):
+        chunk = missing[start : start + CHUNK]
+        found = {
+            r.subject_id: r.data
+            for r in session.execute(select(histories).where(histories.c.subject_id.in_(chunk)))
+        }
+        for subject in chunk:
+            if subject in found:
+                state.histories[subject] = history_from_json(found[subject])
+            else:
+                state.without_history.add(subject)
+
+
+def trim_caches(state: State) -> None:
+    """After a save (nothing dirty), forget cached histories and value hints beyond their bounds."""
+    if state.persisted and len(state.histories) + len(state.without_history) > HISTORY_CACHE:
+        state.histories.clear()
+        state.without_history.clear()
+    if len(state.known_values) > VALUE_CACHE:
+        state.known_values.clear()
+
+
 def _clear(state: State) -> None:
     state.graph.dirty_subjects.clear()
     state.graph.dirty_profiles.clear()
@@ -242,6 +284,7 @@ def _clear(state: State) -> None:
     state.new_decisions.clear()
     state.gone_profiles.clear()
     state.rules_changed = False
+    trim_caches(state)
 
 
 def _link_rows(graph: Graph) -> Any:
@@ -256,7 +299,6 @@ def _link_rows(graph: Graph) -> Any:
             "profile_id": link.profile,
             "home": link.home,
             "linked_at": at,
-            "decision_id": link.decision,
         }
 
     return row

@@ -40,7 +40,7 @@ from services.identity.domain.decisions import Decision, Split
 from services.identity.domain.history import History
 from services.identity.domain.identifiers import Hasher
 from services.identity.domain.rules import rules_from_json
-from services.identity.readmodel import State, dumps, load_state, metadata, save_state
+from services.identity.readmodel import State, dumps, load_histories, load_state, metadata, save_state
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ class Observer:
         for identity in (*ids, *(previous or ())):
             self.state.remember_value(identity.subject, identity.type, identity.value)
         traits = payload.get("traits") if event.message_type == "identify" else None
-        obs = Observation(
+        return Observation(
             event_id=str(recorded.id),
             message_id=event.message_id,
             message_type=event.message_type,
@@ -93,21 +93,21 @@ class Observer:
             event_name=event.event_name,
             traits=traits if isinstance(traits, dict) else {},
         )
-        self._record(obs)
-        return obs
 
     def set_rules(self, event: IdentityRulesSet, version: int) -> None:
         """Rules in force from this point of the log."""
         self.state.rules = rules_from_json(event.rules, event.max_merges, version, event.priority)
         self.state.rules_changed = True
 
-    def _record(self, obs: Observation) -> None:
+    def record(self, obs: Observation) -> None:
+        """Add the message to the history of its attribution subject (histories must be loaded)."""
         subject = obs.attribution
         if subject is None or subject in self.state.graph.erased:
             return
         history = self.state.histories.get(subject)
         if history is None:
             history = self.state.histories[subject] = History()
+            self.state.without_history.discard(subject)
         history.record(obs.message_type, obs.timestamp, obs.source_id, obs.event_name, obs.traits)
         self.state.dirty_histories.add(subject)
 
@@ -198,6 +198,7 @@ class Resolver:
             self._state = state
             await replay(self._store, Observer(state, self._keyring, self._hasher), frontier=frontier)
             await asyncio.to_thread(self._save, frontier)
+            state.persisted = True
             self._position = frontier
             return frontier
 
@@ -254,12 +255,14 @@ class Resolver:
         """In a worker thread: observe and decide each event; decisions grouped in runs of one stream."""
         observer = Observer(state, self._keyring, self._hasher, self._hashes)
         runs: list[tuple[str, list[NewEvent]]] = []
+        observed: list[Observation] = []
         for recorded, event in decoded:
             if isinstance(event, MessageCollected):
                 obs = observer.observe(recorded, event)
                 if obs is not None:
+                    observed.append(obs)
                     decided = decide(state.graph, state.rules, obs)
-                    _append_runs(runs, decided, codec.caused_by(recorded))
+                    runs += _runs(decided, codec.caused_by(recorded))
                     for decision in decided:
                         state.record_decision(decision)
             elif isinstance(event, IdentityRulesSet):
@@ -267,6 +270,11 @@ class Resolver:
             elif isinstance(event, SubjectErased):
                 state.erase(event.subject_id)
                 self._keyring.evict(event.subject_id)
+        # Histories are recorded after deciding, once the batch's missing ones are read in one go.
+        with Session(self._engine) as session:
+            load_histories(session, state, [o.attribution for o in observed if o.attribution])
+        for obs in observed:
+            observer.record(obs)
         return runs
 
     async def _ensure_state(self) -> State:
@@ -305,15 +313,19 @@ def _decode(page: Sequence[RecordedEvent]) -> list[tuple[RecordedEvent, DomainEv
     return [(recorded, from_recorded(recorded)) for recorded in page]
 
 
-def _append_runs(
-    runs: list[tuple[str, list[NewEvent]]], decided: Iterable[Decision], meta: EventMetadata
-) -> None:
-    """Consecutive decisions of one stream share an append; order across streams is kept exactly."""
+def _runs(decided: Iterable[Decision], meta: EventMetadata) -> list[tuple[str, list[NewEvent]]]:
+    """One message's decisions as appends: consecutive ones for one stream share a part.
+
+    Parts never span two messages, so a re-run after a crash forms exactly the same parts whatever its batch
+    boundaries, and each part is recognised as already stored (idempotency by event id).
+    """
+    runs: list[tuple[str, list[NewEvent]]] = []
     for decision in decided:
         stream = codec.stream_of(decision)
         if not runs or runs[-1][0] != stream:
             runs.append((stream, []))
         runs[-1][1].append(codec.new_event(decision, meta))
+    return runs
 
 
 async def replay(
@@ -362,7 +374,9 @@ def _replay_page(
             continue
         event = from_recorded(recorded)
         if isinstance(event, MessageCollected):
-            observer.observe(recorded, event)
+            obs = observer.observe(recorded, event)
+            if obs is not None:
+                observer.record(obs)
         elif isinstance(event, IdentityRulesSet):
             observer.set_rules(event, recorded.stream_position + 1)
         elif isinstance(event, SubjectErased):

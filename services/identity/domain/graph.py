@@ -23,7 +23,6 @@ class Link:
     profile: str
     home: str
     linked_at: datetime | None
-    decision: str
 
 
 @dataclass(slots=True)
@@ -162,7 +161,7 @@ class Graph:
         if d.subject in self.erased or d.subject in self.links:
             return
         self._node(d.profile).subjects[d.subject] = None
-        self.links[d.subject] = Link(d.type, d.profile, d.profile, d.seen_at, d.decision_id)
+        self.links[d.subject] = Link(d.type, d.profile, d.profile, d.seen_at)
         self.dirty_subjects.add(d.subject)
         self.dirty_profiles.add(d.profile)
 

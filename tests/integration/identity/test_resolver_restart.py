@@ -1,0 +1,72 @@
+"""The resolver over a real SQLite log and read model: restarts, bounded caches and re-runs agree."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from cdp.runtime import resources
+from services.identity import readmodel
+from services.identity.resolver import Resolver
+from tests.integration.identity.conftest import Harness, settings_for
+from tests.integration.identity.test_identity_grpc import T0
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A log, keyring and subject ids without a server: the test drives resolvers itself."""
+    settings = settings_for(tmp_path)
+    store, keyring = resources.event_store(settings), resources.keyring(settings)
+    engine = resources.read_model_engine(settings, "identity")
+    resolver = Resolver(store, keyring, resources.subject_ids(settings), engine, batch_size=7)
+    try:
+        yield Harness(None, None, resolver, store, keyring, resources.subject_ids(settings))  # type: ignore[arg-type]
+    finally:
+        await store.close()
+        keyring.close()
+        engine.dispose()
+
+
+async def collect_people(h: Harness, people: range, rng: random.Random) -> None:
+    """Anonymous browsing, identify with a (sometimes shared) e-mail, a track, a second device aliased."""
+    for n in people:
+        anon, device, at = f"anon-{n}", f"device-{n}", T0 + timedelta(minutes=n)
+        email = f"p{rng.randrange(40)}@x.io"
+        await h.collect("page", at=at, anonymousId=anon)
+        traits = {"email": email, "n": n}
+        await h.collect(
+            "identify", at=at + timedelta(seconds=1), anonymousId=anon, userId=f"u{n}", traits=traits
+        )
+        await h.collect("track", at=at + timedelta(seconds=2), userId=f"u{n}", event="Bought")
+        await h.collect("screen", at=at + timedelta(seconds=3), anonymousId=device)
+        await h.collect("alias", at=at + timedelta(seconds=4), previousId=device, userId=f"u{n}")
+
+
+async def test_restarts_re_runs_and_a_tiny_cache_give_the_same_read_model(
+    log: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readmodel, "HISTORY_CACHE", 3)  # histories are re-read from the database each batch
+    rng = random.Random(5)
+    await collect_people(log, range(0, 15), rng)
+    await log.resolver.catch_up()
+    await collect_people(log, range(15, 30), rng)
+    engine = resources.read_model_engine(settings_for(tmp_path), "identity")
+    restarted = Resolver(log.store, log.keyring, log.ids, engine, batch_size=11)  # loads what the first saved
+    await restarted.catch_up()
+    live = await restarted.snapshot()
+    head = await log.store.head_position()
+
+    # Another read model, deciding every message again in other batch sizes: the same decisions, none appended.
+    other = resources.read_model_engine(settings_for(tmp_path / "other"), "identity")
+    try:
+        fresh = Resolver(log.store, log.keyring, log.ids, other, batch_size=50)
+        await fresh.catch_up()
+        assert await fresh.snapshot() == live
+        assert await log.store.head_position() == head
+    finally:
+        other.dispose()
+        engine.dispose()
