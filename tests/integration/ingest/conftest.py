@@ -53,7 +53,12 @@ class Ingest:
 
 
 def settings_for(data_dir: Path, **overrides: str) -> Settings:
-    env = {"CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": "web:web-key,ios:ios-key", **overrides}
+    env = {
+        "CDP_DATA_DIR": str(data_dir),
+        "CDP_WRITE_KEYS": "web:web-key,ios:ios-key",
+        "CDP_HTTP_PORT": "0",  # tests never take the well-known port
+        **overrides,
+    }
     return replace(Settings.from_env(env), grace_seconds=0.5)
 
 
