@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +73,16 @@ class Cluster:
         return [name for name, _ in stopped]
 
     def status(self) -> list[ServiceState]:
-        """Each service's pid (when running) and what its health check answers."""
+        """Each service's pid (when running) and what its health check answers; ingest's HTTP API too."""
         states = []
         for name in SERVICES:
             pid = self._running_pid(name)
             address = f"{self.settings.host}:{self.settings.port_of(name)}"
             health = check_health(address) if pid is not None else "STOPPED"
             states.append(ServiceState(name, pid, address, health))
+            if name == "ingest":
+                http = f"{self.settings.host}:{self.settings.http_port}"
+                states.append(ServiceState("ingest-http", pid, http, check_http(http) if pid else "STOPPED"))
         return states
 
     def _spawn(self, name: str, secrets: Mapping[str, str]) -> None:
@@ -110,7 +114,10 @@ class Cluster:
                         f"{name} exited during start-up; see {self.log_dir / (name + '.log')}:\n"
                         + _tail(self.log_dir / f"{name}.log")
                     )
-                if check_health(f"{self.settings.host}:{self.settings.port_of(name)}") == "SERVING":
+                if check_health(f"{self.settings.host}:{self.settings.port_of(name)}") == "SERVING" and (
+                    name != "ingest"
+                    or check_http(f"{self.settings.host}:{self.settings.http_port}") == "SERVING"
+                ):
                     waiting.discard(name)
             if waiting and time.monotonic() > deadline:
                 raise ClusterError(f"not SERVING after {timeout:.0f}s: {', '.join(sorted(waiting))}")
@@ -145,6 +152,15 @@ def check_health(address: str, timeout: float = 1.0) -> str:
         except grpc.RpcError:
             return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def check_http(address: str, timeout: float = 1.0) -> str:
+    """What ingest's HTTP `/health` answers at `address`: SERVING on 200, UNREACHABLE otherwise."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/health", timeout=timeout) as reply:
+            return "SERVING" if reply.status == 200 else f"HTTP {reply.status}"
+    except (OSError, ValueError):
+        return "UNREACHABLE"
 
 
 def _alive(pid: int) -> bool:

@@ -83,7 +83,7 @@ def test_up_serves_five_healthy_services_with_reflection_and_down_leaves_nothing
 
     status = cdp(cluster_env, "status")
     assert status.returncode == 0
-    assert status.stdout.count("SERVING") == len(SERVICES)
+    assert status.stdout.count("SERVING") == len(SERVICES) + 1, "five gRPC servers and ingest's HTTP API"
 
     stopped = cdp(cluster_env, "down")
     assert stopped.returncode == 0
@@ -94,7 +94,7 @@ def test_up_serves_five_healthy_services_with_reflection_and_down_leaves_nothing
 
     status = cdp(cluster_env, "status")
     assert status.returncode == 3
-    assert status.stdout.count("STOPPED") == len(SERVICES)
+    assert status.stdout.count("STOPPED") == len(SERVICES) + 1
 
 
 def test_up_reports_a_service_that_cannot_start(cluster_env: dict[str, str]) -> None:
