@@ -36,7 +36,7 @@ def phone_pool(size: int, rng: random.Random) -> list[str]:
 
 
 def person(index: int, rng: random.Random, phones: list[str]) -> Iterator[Message]:
-    """About ten messages of one person, in event-time order."""
+    """About ten messages of one person (1 to 3 devices), in event-time order."""
     user, email = f"user-{index}", f"Person.{index}@Example.com"
     devices = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(rng.randint(1, 3))]
     at = T0 + timedelta(seconds=rng.randint(0, 86_400 * 30))
@@ -50,7 +50,7 @@ def person(index: int, rng: random.Random, phones: list[str]) -> Iterator[Messag
         )
         at += timedelta(minutes=1)
     yield Message("identify", {"anonymousId": devices[0], "userId": user, "traits": traits}, None, "web", at)
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(3, 7)):
         at += timedelta(minutes=2)
         yield Message("track", {"anonymousId": devices[0], "userId": user}, "Order Completed", "web", at)
     for device in devices[1:]:

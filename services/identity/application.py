@@ -71,7 +71,7 @@ class IdentityApp:
         self._store, self._resolver, self._engine = store, resolver, engine
         self._hasher, self._keyring, self._clock = hasher, keyring, clock
 
-    def subject_of(self, ref: IdentifierRef, field: str) -> tuple[str, str] | None:
+    def subject_of(self, ref: IdentifierRef) -> tuple[str, str] | None:
         """`(normalised value, subject id)`, or None when the value can never identify anyone."""
         value = normalise(ref.type, ref.value)
         if value is None:
@@ -223,7 +223,7 @@ class IdentityApp:
                 raise NotFound("no such profile")
             return live, live != ref.profile_id
         assert ref.identifier is not None
-        found = self.subject_of(ref.identifier, "profile.identifier")
+        found = self.subject_of(ref.identifier)
         profile = queries.profile_of_subject(session, found[1]) if found else None
         if profile is None:
             raise NotFound("no profile has this identifier")
@@ -234,7 +234,7 @@ class IdentityApp:
             live = state.graph.resolve(ref.profile_id)
         else:
             assert ref.identifier is not None
-            found = self.subject_of(ref.identifier, "profile.identifier")
+            found = self.subject_of(ref.identifier)
             live = state.graph.profile_of(found[1]) if found else None
         if live is None:
             raise NotFound("no such profile")
@@ -243,13 +243,13 @@ class IdentityApp:
     def _split_subject(self, identifier: IdentifierRef | None) -> str | None:
         if identifier is None:
             return None
-        found = self.subject_of(identifier, "identifier")
+        found = self.subject_of(identifier)
         if found is None:
             raise InvalidInput(FieldViolation("identifier.value", "is not a usable identifier value"))
         return found[1]
 
     def _match(self, session: Session, ref: IdentifierRef) -> tuple[IdentifierRef, str | None]:
-        found = self.subject_of(ref, "identifiers")
+        found = self.subject_of(ref)
         if found is None:
             return ref, None
         return IdentifierRef(ref.type, found[0]), queries.profile_of_subject(session, found[1])

@@ -225,7 +225,8 @@ def rules_from_message(message: pb.IdentityRules) -> Rules:
             rules.append(_type_rule(item, f"rules.rules[{index}]"))
         except InvalidInput as error:
             violations += error.violations
-    types = [rule.type for rule in rules]
+    # Duplicates are judged on what was asked, valid or not, so the index is the request's.
+    types = [(item.type, item.namespace) for item in message.rules]
     for index, identifier_type in enumerate(types):
         if identifier_type in types[:index]:
             violations.append(FieldViolation(f"rules.rules[{index}].type", "has a rule already"))
