@@ -6,9 +6,12 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from cdp.keyring import cipher
 from cdp.keyring.cache import KeyCache, SubjectKeys
@@ -77,7 +80,7 @@ class Keyring:
 
     def encrypt_value(self, subject: str, value: Any, *, context: str) -> str:
         """A JSON-able value sealed and base64-encoded, for a string field of an event."""
-        plaintext = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        plaintext = _json(value)
         return base64.b64encode(self.encrypt(subject, plaintext, aad=context.encode())).decode("ascii")
 
     def decrypt_value(self, subject: str, token: str, *, context: str) -> Any:
@@ -86,7 +89,7 @@ class Keyring:
             ciphertext = base64.b64decode(token, validate=True)
         except (binascii.Error, ValueError) as error:
             raise DecryptionFailed("encrypted value is not base64") from error
-        return json.loads(self.decrypt(subject, ciphertext, aad=context.encode()))
+        return _parse(self.decrypt(subject, ciphertext, aad=context.encode()))
 
     def encrypt_fields(
         self, subject: str, mapping: Mapping[str, Any], fields: Iterable[str], *, context: str
@@ -178,3 +181,19 @@ class Keyring:
             for k in state.keys
         }
         return SubjectKeys(subject, keys=keys)
+
+
+def _json(value: Any) -> bytes:
+    """Compact UTF-8 JSON; orjson is fast but refuses integers beyond 64 bits, which JSON input may hold."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def _parse(data: bytes) -> Any:
+    """JSON back to values; orjson would turn integers beyond 64 bits into floats, so those go the slow way."""
+    return json.loads(data) if _LONG_NUMBER.search(data) else orjson.loads(data)

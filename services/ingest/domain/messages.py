@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from cdp.errors import FieldViolation, InvalidInput
 from services.ingest.domain.outcomes import Reason
 
@@ -310,7 +312,8 @@ def _time(raw: Mapping[str, Any], key: str, bad: Any) -> datetime | None:
 
 
 def _encoded_size(raw: Mapping[str, Any]) -> int:
+    """The message's size as compact UTF-8 JSON, as Segment counts its 32 KB limit."""
     try:
-        return len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str).encode())
-    except (TypeError, ValueError):
-        return 0
+        return len(orjson.dumps(raw, default=str, option=orjson.OPT_NON_STR_KEYS))
+    except TypeError:  # integers beyond 64 bits; lone surrogates are refused later, when sealed
+        return len(json.dumps(raw, separators=(",", ":"), default=str).encode())
