@@ -42,6 +42,7 @@ class Keyring:
         self._store = store
         self._master = master
         self._cache = KeyCache(cache_ttl, cache_size, clock)
+        self._fetcher = _SharedFetch(self.data_keys)
 
     def data_keys(self, subjects: Iterable[str]) -> dict[str, SubjectKeys]:
         """Keys of many subjects, creating missing ones, with at most one read and one write transaction."""
@@ -57,12 +58,14 @@ class Keyring:
         return found
 
     async def prefetch(self, subjects: Iterable[str]) -> dict[str, SubjectKeys]:
-        """`data_keys` in a worker thread, for asyncio callers about to encrypt a batch; no hop when all cached."""
+        """`data_keys` for asyncio callers about to encrypt a batch: no thread hop when every key is cached,
+        and concurrent callers' missing keys are fetched or created together, in one transaction (whose
+        fsync is then shared, as in a group commit)."""
         wanted = list(dict.fromkeys(subjects))
-        cached = {s: keys for s in wanted if (keys := self._cache.get(s)) is not None}
-        if len(cached) == len(wanted):
-            return cached
-        return await asyncio.to_thread(self.data_keys, wanted)
+        found = {s: keys for s in wanted if (keys := self._cache.get(s)) is not None}
+        if len(found) < len(wanted):
+            found.update(await self._fetcher.get([s for s in wanted if s not in found]))
+        return found
 
     def encrypt(self, subject: str, plaintext: bytes, *, aad: bytes = b"") -> bytes:
         """Seal bytes under the subject's current key; SubjectErased if the subject was shredded."""
@@ -197,3 +200,39 @@ _LONG_NUMBER = re.compile(rb"\d{19}")
 def _parse(data: bytes) -> Any:
     """JSON back to values; orjson would turn integers beyond 64 bits into floats, so those go the slow way."""
     return json.loads(data) if _LONG_NUMBER.search(data) else orjson.loads(data)
+
+
+class _SharedFetch:
+    """Runs `fetch` in a worker thread for everything asked while the previous run was under way."""
+
+    def __init__(self, fetch: Callable[[list[str]], dict[str, SubjectKeys]]) -> None:
+        self._fetch = fetch
+        self._waiting: dict[str, asyncio.Future[SubjectKeys]] = {}
+        self._running: asyncio.Task[None] | None = None
+
+    async def get(self, subjects: list[str]) -> dict[str, SubjectKeys]:
+        """The keys of these subjects, fetched or created in the next shared run."""
+        loop = asyncio.get_running_loop()
+        futures = {}
+        for subject in subjects:
+            future = self._waiting.get(subject)
+            if future is None or future.get_loop() is not loop:
+                future = self._waiting[subject] = loop.create_future()
+            futures[subject] = future
+        if self._running is None or self._running.done() or self._running.get_loop() is not loop:
+            self._running = loop.create_task(self._run())
+        return {subject: await future for subject, future in futures.items()}
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                keys = await asyncio.to_thread(self._fetch, list(batch))
+            except Exception as error:
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for subject, future in batch.items():
+                if not future.done():
+                    future.set_result(keys[subject])

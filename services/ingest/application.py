@@ -191,7 +191,16 @@ class Collector:
         outcomes: dict[int, Outcome],
     ) -> None:
         """Encrypt, group by stream, append in the next shared commit, and report per message."""
-        await self._keyring.prefetch({a.subject_id for a in accepted})
+        keys = await self._keyring.prefetch({a.subject_id for a in accepted})
+        erased = {subject for subject, subject_keys in keys.items() if subject_keys.erased}
+        if erased:
+            # An erased person's key is gone for good: their messages are dropped, like a suppressed subject's.
+            for item in accepted:
+                if item.subject_id in erased:
+                    outcomes[item.index] = Outcome(
+                        item.index, item.message.message_id, Status.REJECTED, received_at, Reason.SUPPRESSED
+                    )
+            accepted = [item for item in accepted if item.subject_id not in erased]
         metadata = EventMetadata(actor=f"source:{source_id}")
         # One part per message: the log then says, message by message, whether it was new or a retry.
         parts: list[StreamAppend] = []

@@ -217,3 +217,17 @@ async def test_stream_messages_refuses_a_sequence_that_does_not_increase(ingest:
             pass
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(raised.value)[0][0] == "sequence"
+
+
+async def test_messages_about_an_erased_person_are_dropped_not_failed(ingest: Ingest) -> None:
+    subject = ingest.subject("user_id", "forgotten")
+    await asyncio.to_thread(ingest.keyring.shred, subject)
+    reply = await ingest.stub.Batch(
+        pb.BatchRequest(
+            messages=[message(userId="forgotten", event="E"), message(userId="other", event="E")]
+        ),
+        metadata=WRITE_KEY,
+    )
+    assert [r.status for r in reply.results] == [pb.MESSAGE_STATUS_REJECTED, pb.MESSAGE_STATUS_ACCEPTED]
+    assert reply.results[0].reason == pb.REJECTION_REASON_SUPPRESSED
+    assert [event.subject_id for event in await ingest.collected()] == [ingest.subject("user_id", "other")]
