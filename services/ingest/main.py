@@ -35,7 +35,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     store = resources.event_store(settings)
     keyring = resources.keyring(settings)
     engine = resources.read_model_engine(settings, "ingest")
-    state = IngestState(engine)
+    state = IngestState(engine, on_erased=keyring.evict)
     runner = ProjectionRunner(store, state, engine)
     committer = GroupCommitter(store)
     # Tracking plans: compiled in memory from the log, refreshed by the config projection and by publishing.

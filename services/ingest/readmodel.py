@@ -9,7 +9,7 @@ store an id twice (see `application.message_event_id`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, delete, select
 from sqlalchemy import event as sqlalchemy_event
@@ -51,8 +51,10 @@ class IngestState:
     metadata = metadata
     filter = EventFilter(event_types=tuple(cls.type_name for cls in _TYPES))
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_erased: Callable[[str], None] = lambda subject: None) -> None:
         self._engine = engine
+        self._on_erased = on_erased
+        """Called with each erased subject (the keyring evicts its cached key)."""
         self.suppressed: frozenset[str] = frozenset()
         """Every suppressed subject, as of the last committed batch (read in the event loop, no I/O)."""
 
@@ -84,6 +86,7 @@ class IngestState:
                 )
             elif isinstance(event, SubjectErased):
                 session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
+                self._on_erased(event.subject_id)
 
     def consent_of(self, subject_ids: Iterable[str]) -> dict[str, dict[str, bool]]:
         """The consent last recorded for these subjects (only asked for messages that state consent)."""
