@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from cdp.eventlog.port import NewEvent, RecordedEvent
-from cdp.events import EventMetadata
+from cdp.events import EventMetadata, format_datetime
 from cdp.events.envelope import DomainEvent
 from cdp.events.identity import IdentifierLinked, MergeRejected, ProfilesMerged, ProfileSplit
 from cdp.events.streams import profile_stream
@@ -110,7 +111,31 @@ def stream_of(decision: Decision) -> str:
 
 def new_event(decision: Decision, metadata: EventMetadata) -> NewEvent:
     """The decision ready to append, its event id being the (deterministic) decision id."""
+    if isinstance(decision, Linked):
+        return _linked_event(decision, metadata)
     return to_event(decision).to_new_event(metadata, id=uuid.UUID(decision.decision_id))
+
+
+def _linked_event(decision: Linked, metadata: EventMetadata) -> NewEvent:
+    """`IdentifierLinked` encoded directly: the most frequent decision, on the resolver's hot path.
+
+    The bytes equal `to_event(decision).to_new_event(...)` (a unit test holds them equal); the generic
+    encoder introspects the dataclass for every event, which costs more than everything else here.
+    """
+    body = {
+        "causing_message_id": decision.cause,
+        "creates_profile": decision.creates,
+        "identifier_type": decision.type,
+        "profile_id": decision.profile,
+        "rule": decision.rule,
+        "seen_at": format_datetime(decision.seen_at) if decision.seen_at is not None else None,
+        "subject_id": decision.subject,
+    }
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    meta = metadata.to_mapping(IdentifierLinked.version)
+    return NewEvent(
+        type=IdentifierLinked.type_name, data=data, metadata=meta, id=uuid.UUID(decision.decision_id)
+    )
 
 
 def caused_by(message: RecordedEvent) -> EventMetadata:

@@ -262,7 +262,8 @@ class Resolver:
                 if obs is not None:
                     observed.append(obs)
                     decided = decide(state.graph, state.rules, obs)
-                    runs += _runs(decided, codec.caused_by(recorded))
+                    if decided:
+                        runs += _runs(decided, codec.caused_by(recorded))
                     for decision in decided:
                         state.record_decision(decision)
             elif isinstance(event, IdentityRulesSet):
