@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMPS := .stamps
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: setup protos up down status logs demo test test-fast lint format bench clean help
+.PHONY: setup protos up down status logs test lint format bench clean help
 
 help:
 	@echo "make up | down | status | logs | test | lint | bench | protos | clean"
@@ -60,6 +60,9 @@ format: setup
 
 bench: setup
 	$(PY) -m bench.eventlog
+	$(PY) -m bench.ingest
+	$(PY) -m bench.ingest.csv_onboarding
+	$(PY) -m bench.identity
 
 clean: down
 	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance
