@@ -38,7 +38,7 @@ from services.identity import codec
 from services.identity.domain.decider import Observation, decide, identities_of, previous_of
 from services.identity.domain.decisions import Decision, Split
 from services.identity.domain.history import History
-from services.identity.domain.identifiers import Hasher
+from services.identity.domain.identifiers import Hasher, e164
 from services.identity.domain.rules import rules_from_json
 from services.identity.readmodel import State, dumps, load_histories, load_state, metadata, save_state
 
@@ -71,7 +71,7 @@ class Observer:
         return found
 
     def observe(self, recorded: RecordedEvent, event: MessageCollected) -> Observation | None:
-        """Open the message, remember its identifier values and record its history; None if erased."""
+        """Open the message and remember its identifier values (`record` adds it to history); None if shredded."""
         try:
             payload = event.open_payload(self.keyring)
         except (KeyErased, DecryptionFailed):
@@ -271,6 +271,8 @@ class Resolver:
             elif isinstance(event, SubjectErased):
                 state.erase(event.subject_id)
                 self._keyring.evict(event.subject_id)
+                self._hashes.clear()  # both map clear values: keep none of an erased person's in memory
+                e164.cache_clear()
         # Histories are recorded after deciding, once the batch's missing ones are read in one go.
         with Session(self._engine) as session:
             load_histories(session, state, [o.attribution for o in observed if o.attribution])
