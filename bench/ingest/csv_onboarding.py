@@ -71,7 +71,13 @@ def plan_check_cost(rounds: int = 20000) -> None:
         "valid + 1 omitted": {"revenue": 1, "currency": "USD", "coupon": "X"},
     }
     for name, properties in cases.items():
-        raw = {"type": "track", "userId": "u", "event": "Order Completed", "messageId": "m", "properties": properties}
+        raw = {
+            "type": "track",
+            "userId": "u",
+            "event": "Order Completed",
+            "messageId": "m",
+            "properties": properties,
+        }
         message = parse_message(raw, received_at=now)
         started = time.perf_counter()
         for _ in range(rounds):
