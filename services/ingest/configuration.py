@@ -96,7 +96,8 @@ class PlanEnforcer:
     def _tally(self, source_id: str, decision: PlanDecision) -> None:
         plan = self.book.plan_of(source_id)
         message, now = decision.message, self._clock()
-        event = (message.event if message.type == "track" else message.name) or ""
+        # Only track event names are kept: flagged page/screen names sit in the encrypted payload, so both count "".
+        event = (message.event if message.type == "track" else None) or ""
         hour = now.replace(minute=0, second=0, microsecond=0)
         for violation in decision.violations:
             key = BlockedKey(
