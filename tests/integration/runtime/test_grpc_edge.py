@@ -28,7 +28,9 @@ ADMIN = (("authorization", "Bearer dev-admin-token"),)
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[GrpcServer]:
-    settings = replace(Settings.from_env({"CDP_DATA_DIR": str(tmp_path), "CDP_HTTP_PORT": "0"}), grace_seconds=0.5)
+    settings = replace(
+        Settings.from_env({"CDP_DATA_DIR": str(tmp_path), "CDP_HTTP_PORT": "0"}), grace_seconds=0.5
+    )
     running = GrpcServer(await build(settings), settings, port=0)
     await running.start()
     yield running
@@ -98,7 +100,9 @@ async def test_a_malformed_request_is_invalid_argument_naming_the_field(
 
 
 async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(tmp_path: Path) -> None:
-    settings = replace(Settings.from_env({"CDP_DATA_DIR": str(tmp_path), "CDP_HTTP_PORT": "0"}), grace_seconds=0.5)
+    settings = replace(
+        Settings.from_env({"CDP_DATA_DIR": str(tmp_path), "CDP_HTTP_PORT": "0"}), grace_seconds=0.5
+    )
     running = GrpcServer(await build_segments(settings), settings, port=0)
     await running.start()
     try:
