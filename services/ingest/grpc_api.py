@@ -12,11 +12,10 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cdp.common.v1 import message_pb2
-from cdp.errors import FieldViolation, InvalidInput, NotBuiltYet
+from cdp.errors import FieldViolation, InvalidInput
 from cdp.ingest.v1 import ingest_service_pb2 as pb
 from cdp.ingest.v1 import ingest_service_pb2_grpc
 from cdp.runtime.auth import Access, current_principal
-from cdp.runtime.placeholders import with_placeholders
 from cdp.runtime.server import method_access
 from cdp.runtime.validation import validate_request
 from services.ingest.application import Collector
@@ -26,20 +25,6 @@ from services.ingest.domain.outcomes import Outcome, Reason, Status
 from services.ingest.domain.plans import ViolationReason
 
 SERVICE = pb.DESCRIPTOR.services_by_name["IngestService"]
-
-_CATALOG = "attribute catalog and CSV onboarding"
-_PLANS = "tracking plans"
-CAPABILITIES = {
-    **{name: "collection" for name in ("Identify", "Track", "Page", "Screen", "Group", "Alias")},
-    "Batch": "collection",
-    "StreamMessages": "collection",
-    "ImportCsv": _CATALOG,
-    "DefineAttribute": _CATALOG,
-    "ListAttributes": _CATALOG,
-    "PublishTrackingPlan": _PLANS,
-    "GetTrackingPlan": _PLANS,
-    "ListViolations": _PLANS,
-}
 
 # Sources send data with their write key; everything else (catalog, plans) is configuration: admin token.
 ACCESS = method_access(
@@ -78,49 +63,42 @@ _SingleRequest = (
 )
 
 
-class IngestServicer(
-    with_placeholders(ingest_service_pb2_grpc.IngestServiceServicer, SERVICE, CAPABILITIES)  # type: ignore[misc]
-):
-    """The `cdp.ingest.v1.IngestService` implementation."""
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """The `cdp.ingest.v1.IngestService` implementation: collection here, configuration in `config_grpc`."""
 
-    def __init__(self, collector: Collector, configuration: ConfigurationApi | None = None) -> None:
+    def __init__(self, collector: Collector, configuration: ConfigurationApi) -> None:
         self._collector = collector
         self._configuration = configuration
-
-    def _config(self) -> ConfigurationApi:
-        if self._configuration is None:
-            raise NotBuiltYet("ingest configuration (not wired in this process)")
-        return self._configuration
 
     async def ImportCsv(
         self, requests: AsyncIterator[pb.ImportCsvRequest], context: Any
     ) -> pb.ImportCsvResponse:
-        return await self._config().import_csv(requests)
+        return await self._configuration.import_csv(requests)
 
     async def DefineAttribute(
         self, request: pb.DefineAttributeRequest, context: Any
     ) -> pb.DefineAttributeResponse:
-        return await self._config().define_attribute(request)
+        return await self._configuration.define_attribute(request)
 
     async def ListAttributes(
         self, request: pb.ListAttributesRequest, context: Any
     ) -> pb.ListAttributesResponse:
-        return await self._config().list_attributes(request)
+        return await self._configuration.list_attributes(request)
 
     async def PublishTrackingPlan(
         self, request: pb.PublishTrackingPlanRequest, context: Any
     ) -> pb.PublishTrackingPlanResponse:
-        return await self._config().publish_plan(request)
+        return await self._configuration.publish_plan(request)
 
     async def GetTrackingPlan(
         self, request: pb.GetTrackingPlanRequest, context: Any
     ) -> pb.GetTrackingPlanResponse:
-        return await self._config().get_plan(request)
+        return await self._configuration.get_plan(request)
 
     async def ListViolations(
         self, request: pb.ListViolationsRequest, context: Any
     ) -> pb.ListViolationsResponse:
-        return await self._config().list_violations(request)
+        return await self._configuration.list_violations(request)
 
     async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:
         return pb.IdentifyResponse(result=await self._single(request, "identify"))
