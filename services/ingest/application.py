@@ -108,7 +108,7 @@ class Collector:
                     raw,
                     received_at=received_at,
                     default_type=default_type,
-                    message_id=str(uuid.uuid4()),
+                    message_id=_new_message_id,
                     path=f"{path}[{index}]" if indexed else path,
                 )
             except InvalidMessage as error:
@@ -251,6 +251,11 @@ class Collector:
     def forget_projected(self, position: int) -> None:
         """Drop the in-memory copy of consent changes the read model now holds."""
         self._recent_consent = {s: entry for s, entry in self._recent_consent.items() if entry[0] > position}
+
+
+def _new_message_id() -> str:
+    """A message id for a message that came without one (it then cannot be deduplicated)."""
+    return str(uuid.uuid4())
 
 
 def _outcome(item: _Accepted, result: AppendResult | EventIdConflict, received_at: datetime) -> Outcome:

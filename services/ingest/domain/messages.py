@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -132,13 +132,14 @@ def parse_message(
     *,
     received_at: datetime,
     default_type: str | None = None,
-    message_id: str | None = None,
+    message_id: str | Callable[[], str] | None = None,
     path: str = "",
 ) -> Message:
     """Validate one raw message and settle its timestamps; raise `InvalidMessage` naming every bad field.
 
-    `default_type` is the type implied by the endpoint (`/v1/track`); `message_id` is used when the message
-    has none (the caller makes it deterministic where it can, so retries still deduplicate).
+    `default_type` is the type implied by the endpoint (`/v1/track`); `message_id` (or what it returns when
+    called) is used when the message has none (the caller makes it deterministic where it can, so retries
+    still deduplicate).
     """
     prefix = f"{path}." if path else ""
     whole = path or "message"
@@ -201,7 +202,7 @@ def parse_message(
         bad("timestamp", f"is before {EARLIEST_TIMESTAMP.date()}", Reason.TIMESTAMP_OUT_OF_RANGE)
     elif timestamp > received_at + MAX_FUTURE:
         bad("timestamp", "is more than a day in the future", Reason.TIMESTAMP_OUT_OF_RANGE)
-    resolved_id = given_id or message_id
+    resolved_id = given_id or (message_id() if callable(message_id) else message_id)
     if not resolved_id:
         bad("messageId", "is required", Reason.MISSING_FIELD)
     if problems:
