@@ -16,11 +16,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, create_engine, event, exc, select
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, exc, select
 from sqlalchemy.orm import Session
 
 from cdp.eventlog.port import (
@@ -31,6 +30,7 @@ from cdp.eventlog.port import (
     EventStoreUnavailable,
     RecordedEvent,
 )
+from cdp.sqlengine import create_sql_engine
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -376,29 +376,7 @@ class ProjectionRunner:
 
 def create_read_model_engine(url: str) -> Engine:
     """An engine for a service's read-model database; SQLite gets WAL and locks taken up front for writers."""
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets queries read while the runner writes; NORMAL sync is enough since the log can replay."""
-    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, see _sqlite_begin
-    cursor = dbapi_connection.cursor()
-    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Any) -> None:
-    """BEGIN IMMEDIATE for the runner (a read-then-write transaction cannot then fail to upgrade)."""
-    immediate = conn.get_execution_options().get("sqlite_immediate", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # NORMAL sync is enough for read models: the log can always replay them.
+    return create_sql_engine(
+        url, sqlite_pragmas=("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL")
+    )

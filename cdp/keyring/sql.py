@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -22,9 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
     delete,
-    event,
     exc,
     select,
     update,
@@ -32,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.keyring.store import ERASED, KeyStore, StoredSubject, WrappedKey
+from cdp.sqlengine import create_sql_engine
 
 _CHUNK = 500
 
@@ -160,34 +158,11 @@ class SqlKeyStore(KeyStore):
 
 def create_keyring_engine(url: str) -> Engine:
     """An engine for the keyring database; `postgresql://` means psycopg 3."""
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    """WAL for concurrent readers; FULL sync because ciphertext in the log is useless if its key is lost."""
-    # We issue BEGIN ourselves (see _sqlite_begin); pysqlite's implicit transactions would defer the lock.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
     # busy_timeout first, so switching a new file to WAL waits for other processes instead of failing.
-    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=FULL", "secure_delete=ON"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    """BEGIN IMMEDIATE for writers avoids the deadlock of two readers upgrading to writers."""
-    immediate = conn.get_execution_options().get("sqlite_immediate", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # FULL sync because ciphertext in the log is useless if its key is lost.
+    return create_sql_engine(
+        url, sqlite_pragmas=("busy_timeout=10000", "journal_mode=WAL", "synchronous=FULL", "secure_delete=ON")
+    )
 
 
 def _key_row(subject: str, key: WrappedKey, now: datetime) -> dict[str, object]:
