@@ -22,12 +22,11 @@ from cdp.eventlog.port import (
     EventFilter,
     EventStore,
     EventStoreError,
-    EventStoreUnavailable,
     NewEvent,
     RecordedEvent,
     StreamAppend,
 )
-from cdp.eventlog.projection import checkpoint_metadata, checkpoints
+from cdp.eventlog.projection import TRANSIENT, checkpoint_metadata, checkpoints
 from cdp.events import DomainEvent, EventMetadata, from_recorded
 from cdp.events.governance import SubjectErased
 from cdp.events.identity import IdentityRulesSet
@@ -145,8 +144,8 @@ class Resolver:
             try:
                 await self.catch_up()
                 await self._follow()
-            except EventStoreUnavailable as error:
-                log.warning("identity_resolver_retrying", error=str(error))
+            except TRANSIENT as error:  # the log or the read-model database is briefly unavailable or busy
+                log.warning("identity_resolver_retrying", error=f"{type(error).__name__}: {error}")
                 await asyncio.sleep(1.0)
 
     async def catch_up(self) -> int:
