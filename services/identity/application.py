@@ -22,7 +22,7 @@ from services.identity import queries
 from services.identity.domain.decisions import Split
 from services.identity.domain.identifiers import Hasher, normalise
 from services.identity.domain.rules import Rules, default_rules, rules_from_json, rules_to_json
-from services.identity.domain.splits import split_identifier, undo_merge
+from services.identity.domain.splits import SplitRequest, plan_split
 from services.identity.readmodel import State, decision_row
 from services.identity.resolver import Observer, Resolver, replay
 
@@ -134,42 +134,20 @@ class IdentityApp:
         actor: str,
     ) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         """Cut an identifier or undo a link/merge; returns the SPLIT decision's row and clear values."""
-        undone = None
-        if decision_id:
-            undone = await self._read(lambda s: queries.decision_by_id(s, decision_id))
-        if decision_id and undone is None:
-            raise NotFound("no such decision")
-        subject = self._split_subject(identifier)
+        request = await self._split_request(identifier, decision_id)
         at = self._clock()
 
         def build(state: State) -> Split:
             profile = self._live_in_graph(state, ref)
-            common: dict[str, Any] = {"reason": reason, "prevent_relink": prevent_relink, "at": at}
-            new_id = str(uuid.uuid4())
-            if undone is not None and undone["kind"] == "merge":
-                return undo_merge(
-                    state.graph,
-                    profile,
-                    undone["other_profile_id"],
-                    decision_id=new_id,
-                    undone=decision_id or "",
-                    **common,
-                )
-            if undone is not None:
-                if undone["kind"] not in ("link", "create"):
-                    raise InvalidInput.field("decision_id", "only a LINK or MERGE decision can be undone")
-                target = undone["identifiers"][0][1]
-            else:
-                assert subject is not None
-                target = subject
-            return split_identifier(
+            return plan_split(
                 state.graph,
                 profile,
-                target,
-                decision_id=new_id,
+                request,
+                decision_id=str(uuid.uuid4()),
                 new_profile=str(uuid.uuid4()),
-                undone=decision_id or "",
-                **common,
+                reason=reason,
+                prevent_relink=prevent_relink,
+                at=at,
             )
 
         decision = await self._resolver.split(build, actor)
@@ -240,13 +218,24 @@ class IdentityApp:
             raise NotFound("no such profile")
         return live
 
-    def _split_subject(self, identifier: IdentifierRef | None) -> str | None:
-        if identifier is None:
-            return None
-        found = self.subject_of(identifier)
+    async def _split_request(self, identifier: IdentifierRef | None, decision_id: str | None) -> SplitRequest:
+        """The operator's target: an identifier's subject, or the stored decision to undo."""
+        if decision_id:
+            row = await self._read(lambda s: queries.decision_by_id(s, decision_id))
+            if row is None:
+                raise NotFound("no such decision")
+            target = (
+                row["other_profile_id"]
+                if row["kind"] == "merge"
+                else row["identifiers"][0][-1]
+                if row["identifiers"]
+                else ""
+            )
+            return SplitRequest(undo_id=decision_id, undo_kind=row["kind"], undo_target=target)
+        found = self.subject_of(identifier) if identifier is not None else None
         if found is None:
             raise InvalidInput(FieldViolation("identifier.value", "is not a usable identifier value"))
-        return found[1]
+        return SplitRequest(subject=found[1])
 
     def _match(self, session: Session, ref: IdentifierRef) -> tuple[IdentifierRef, str | None]:
         found = self.subject_of(ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from cdp.errors import FieldViolation, InvalidInput, NotFound
@@ -58,3 +59,56 @@ def _live(graph: Graph, profile: str) -> str:
     if live is None:
         raise NotFound("no such profile")
     return live
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    """What an operator asked to cut off: an identifier (its subject), or a past decision to undo."""
+
+    subject: str | None = None
+    undo_id: str = ""
+    undo_kind: str = ""
+    """`create`, `link`, `merge` (anything else cannot be undone)."""
+    undo_target: str = ""
+    """The linked subject of a link, the merged-away profile of a merge."""
+
+
+def plan_split(
+    graph: Graph,
+    profile: str,
+    request: SplitRequest,
+    *,
+    decision_id: str,
+    new_profile: str,
+    reason: str,
+    prevent_relink: bool,
+    at: datetime,
+) -> Split:
+    """The Split decision an operator's request amounts to, against the graph as it is now."""
+    if request.undo_kind == "merge":
+        return undo_merge(
+            graph,
+            profile,
+            request.undo_target,
+            decision_id=decision_id,
+            reason=reason,
+            prevent_relink=prevent_relink,
+            at=at,
+            undone=request.undo_id,
+        )
+    if request.undo_id and request.undo_kind not in ("link", "create"):
+        raise InvalidInput(FieldViolation("decision_id", "only a LINK or MERGE decision can be undone"))
+    subject = request.undo_target if request.undo_id else request.subject
+    if not subject:
+        raise InvalidInput(FieldViolation("target", "needs an identifier or a decision_id"))
+    return split_identifier(
+        graph,
+        profile,
+        subject,
+        decision_id=decision_id,
+        new_profile=new_profile,
+        reason=reason,
+        prevent_relink=prevent_relink,
+        at=at,
+        undone=request.undo_id,
+    )
