@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
+from cdp.errors import InvalidInput
 from services.identity.domain import decisions as d
 from services.identity.domain.decider import decide
 from services.identity.domain.graph import Graph
 from services.identity.domain.rules import Rules, TypeRule, default_rules
-from services.identity.domain.splits import split_identifier, undo_merge
+from services.identity.domain.splits import SplitRequest, plan_split, split_identifier, undo_merge
 from tests.unit.identity.helpers import T0, observe, subject
 
 
@@ -178,3 +181,18 @@ def test_erasure_removes_the_whole_profile_and_its_subjects_never_link_again() -
     assert run(graph, observe(3, anonymousId="a1")) == []
     assert graph.profile_of(subject("anonymous_id", "a1")) is None
     assert len(graph.nodes) == 1
+
+
+def test_undoing_a_link_decision_moves_that_identifier_and_refusals_cannot_be_undone() -> None:
+    graph = Graph()
+    run(graph, observe(1, userId="u1"))
+    (link,) = run(graph, observe(2, userId="u1", anonymousId="kiosk"))
+    assert isinstance(link, d.Linked)
+    kwargs = {"decision_id": "s", "new_profile": "cut", "reason": "r", "prevent_relink": False, "at": T0}
+    request = SplitRequest(undo_id=link.decision_id, undo_kind="link", undo_target=link.subject)
+    graph.apply(plan_split(graph, link.profile, request, **kwargs))  # type: ignore[arg-type]
+    assert graph.profile_of(subject("anonymous_id", "kiosk")) == "cut"
+    with pytest.raises(InvalidInput, match="decision_id"):
+        plan_split(graph, link.profile, SplitRequest(undo_id="x", undo_kind="refuse"), **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="only identifier"):
+        plan_split(graph, "cut", SplitRequest(subject=subject("anonymous_id", "kiosk")), **kwargs)  # type: ignore[arg-type]
