@@ -17,13 +17,17 @@ WRITE_KEY = (("authorization", "Bearer bench-key"),)
 BATCH = 100
 
 
-def a_message(n: int, run: str) -> dict[str, Any]:
-    """A realistic track: ~20 k people, a few properties and the context an SDK sends."""
+PEOPLE = 5_000
+"""How many different people the generated messages are about."""
+
+
+def a_message(n: int, run: str, people: int = PEOPLE) -> dict[str, Any]:
+    """A realistic track about person `n % people`: a few properties and the context an SDK sends."""
     return {
         "type": "MESSAGE_TYPE_TRACK",
         "messageId": f"{run}-{n}",
-        "userId": f"user-{n % 20_000}",
-        "anonymousId": f"anon-{n % 20_000}",
+        "userId": f"user-{n % people}",
+        "anonymousId": f"anon-{n % people}",
         "event": "Product Viewed",
         "properties": {"product_id": f"sku-{n % 500}", "price": 19.99, "currency": "EUR", "position": n % 12},
         "context": {
