@@ -39,6 +39,7 @@ from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.identity.v1 import identity_service_pb2_grpc
 from cdp.keyring import Keyring, SubjectIds
 from cdp.runtime import resources
+from cdp.runtime.logging import configure_logging
 from cdp.runtime.server import GrpcServer
 from cdp.runtime.settings import Settings
 from services.identity.main import build
@@ -162,6 +163,7 @@ def memory_per_million(settings: Settings) -> tuple[int, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    configure_logging("warning")
     with tempfile.TemporaryDirectory(prefix="bench-identity-") as directory:
         settings = replace(
             Settings.from_env({"CDP_DATA_DIR": directory}), log_level="warning", grace_seconds=0.5

@@ -17,6 +17,7 @@ import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cdp.runtime.logging import configure_logging
 from services.ingest import configuration
 from services.ingest.domain.messages import parse_message
 from services.ingest.domain.plans import Verdict
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=configuration.CSV_BATCH)
     parser.add_argument("--tracemalloc", action="store_true")
     args = parser.parse_args()
+    configure_logging("warning")
     configuration.CSV_BATCH = args.batch
     plan_check_cost()
     asyncio.run(import_rows(args.rows, args.tracemalloc))
