@@ -33,7 +33,9 @@ def _walk(message: Message, path: str) -> Iterator[FieldViolation]:
     if check is not None:
         yield from check(message, path)
     for field, value in message.ListFields():
-        if field.message_type is None or field.message_type.GetOptions().map_entry:
+        if field.message_type is None or field.message_type.full_name in _OPAQUE:
+            continue
+        if field.message_type.GetOptions().map_entry:
             continue
         name = f"{path}.{field.name}" if path else field.name
         if field.is_repeated:
@@ -79,6 +81,9 @@ def _timestamp(message: Message, path: str) -> Iterator[FieldViolation]:
     if not 0 <= nanos < 1_000_000_000 or not EARLIEST.timestamp() <= seconds < LATEST.timestamp():
         yield FieldViolation(path, f"must be between {EARLIEST.date()} and {LATEST.date()}")
 
+
+# Free-form JSON (properties, traits, context) holds none of the shared types: not worth walking.
+_OPAQUE = frozenset(("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"))
 
 _CHECKS: dict[str, Callable[[Message, str], Iterator[FieldViolation]]] = {
     "cdp.common.v1.PageRequest": _page_request,

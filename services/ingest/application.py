@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from cdp.errors import FieldViolation
 from cdp.eventlog.common import EventIdConflict
 from cdp.eventlog.group_commit import GroupCommitter
 from cdp.eventlog.port import AppendResult, StreamAppend
@@ -87,7 +88,7 @@ class Collector:
     async def collect(
         self,
         source_id: str,
-        raws: Sequence[Any],
+        raws: Sequence[Any],  # JSON objects as sent, or an InvalidMessage where an edge could not convert one
         *,
         default_type: str | None = None,
         defaults: Mapping[str, Any] | None = None,
@@ -102,14 +103,17 @@ class Collector:
         outcomes: dict[int, Outcome] = {}
         parsed: list[tuple[int, Message]] = []
         for index, raw in enumerate(raws):
+            item_path = f"{path}[{index}]" if indexed else path
             try:
+                if isinstance(raw, InvalidMessage):  # the edge could not even turn it into JSON
+                    raise _under(raw, item_path)
                 raw = _with_defaults(raw, defaults)
                 message = parse_message(
                     raw,
                     received_at=received_at,
                     default_type=default_type,
                     message_id=_new_message_id,
-                    path=f"{path}[{index}]" if indexed else path,
+                    path=item_path,
                 )
             except InvalidMessage as error:
                 outcomes[index] = _rejected(index, raw, received_at, error.rejection, tuple(error.violations))
@@ -251,6 +255,14 @@ class Collector:
     def forget_projected(self, position: int) -> None:
         """Drop the in-memory copy of consent changes the read model now holds."""
         self._recent_consent = {s: entry for s, entry in self._recent_consent.items() if entry[0] > position}
+
+
+def _under(error: InvalidMessage, path: str) -> InvalidMessage:
+    """The same rejection with its fields named from `path` (`batch[2].properties.price`)."""
+    violations = [
+        FieldViolation(f"{path}.{v.field}" if path else v.field, v.description) for v in error.violations
+    ]
+    return InvalidMessage(violations, error.rejection)
 
 
 def _new_message_id() -> str:

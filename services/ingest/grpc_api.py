@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cdp.common.v1 import message_pb2
@@ -20,7 +21,7 @@ from cdp.runtime.server import method_access
 from cdp.runtime.validation import validate_request
 from services.ingest.application import Collector
 from services.ingest.config_grpc import ConfigurationApi
-from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
+from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, InvalidMessage
 from services.ingest.domain.outcomes import Outcome, Reason, Status
 from services.ingest.domain.plans import ViolationReason
 
@@ -129,7 +130,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         }
         outcomes = await self._collector.collect(
             current_principal.get().source_id,
-            [message_to_json(message) for message in request.messages],
+            [raw_message(message) for message in request.messages],
             defaults=defaults,
             path="messages",
         )
@@ -162,7 +163,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     last_sequence = item.sequence
                 outcomes = await self._collector.collect(
                     source_id,
-                    [message_to_json(item.message) for item in batch],
+                    [raw_message(item.message) for item in batch],
                     path="message",
                     indexed=False,
                 )
@@ -180,7 +181,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         validate_request(request)
         [outcome] = await self._collector.collect(
             current_principal.get().source_id,
-            [message_to_json(request.message)],
+            [raw_message(request.message)],
             default_type=kind,
             path="message",
             indexed=False,
@@ -210,16 +211,84 @@ def validate_batch(request: pb.BatchRequest) -> None:
         raise InvalidInput.field("messages", f"the batch is {size} bytes; at most {MAX_BATCH_BYTES}")
 
 
+def raw_message(message: message_pb2.Message) -> dict[str, Any] | InvalidMessage:
+    """What the collector takes: the message as JSON, or why it cannot be JSON (the collector rejects it)."""
+    try:
+        return message_to_json(message)
+    except InvalidMessage as error:
+        return error
+
+
 def message_to_json(message: message_pb2.Message) -> dict[str, Any]:
-    """The protobuf message in Segment's JSON shape (camelCase keys, ISO-8601 times, lower-case type)."""
-    document: dict[str, Any] = json_format.MessageToDict(message)
+    """The protobuf message in Segment's JSON shape (camelCase keys, ISO-8601 times, lower-case type).
+
+    Written out rather than `json_format.MessageToDict`: this runs for every message, at a third of the cost,
+    and a NaN or infinite number is an `InvalidMessage` naming its field instead of an exception.
+    """
+    document: dict[str, Any] = {}
     kind = _TYPES.get(message.type)
-    document.pop("receivedAt", None)
-    if kind is None:
-        document.pop("type", None)
-    else:
+    if kind is not None:
         document["type"] = kind
+    for field, key in _TEXT_FIELDS:
+        if message.HasField(field):
+            document[key] = getattr(message, field)
+    for field, key in _OBJECT_FIELDS:
+        if message.HasField(field):
+            document[key] = _struct(getattr(message, field), key)
+    for field, key in _TIME_FIELDS:
+        if message.HasField(field):
+            document[key] = getattr(message, field).ToJsonString()
     return document
+
+
+_TEXT_FIELDS = tuple(
+    (name, json_name)
+    for name, json_name in (
+        ("message_id", "messageId"),
+        ("user_id", "userId"),
+        ("anonymous_id", "anonymousId"),
+        ("event", "event"),
+        ("name", "name"),
+        ("category", "category"),
+        ("group_id", "groupId"),
+        ("previous_id", "previousId"),
+    )
+)
+_OBJECT_FIELDS = (
+    ("properties", "properties"),
+    ("traits", "traits"),
+    ("context", "context"),
+    ("integrations", "integrations"),
+)
+# receivedAt is the server's to set: a client's is ignored, as on the HTTP API.
+_TIME_FIELDS = (
+    ("timestamp", "timestamp"),
+    ("original_timestamp", "originalTimestamp"),
+    ("sent_at", "sentAt"),
+)
+
+
+def _struct(struct: struct_pb2.Struct, path: str) -> dict[str, Any]:
+    return {key: _value(value, f"{path}.{key}") for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value, path: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            problem = FieldViolation(path, "must be a finite number (JSON has no NaN or Infinity)")
+            raise InvalidMessage([problem], Reason.INVALID_FIELD)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value, path)
+    if kind == "list_value":
+        return [_value(item, f"{path}[{index}]") for index, item in enumerate(value.list_value.values)]
+    return None
 
 
 def result_to_proto(outcome: Outcome, *, index: int | None = None) -> pb.MessageResult:

@@ -231,3 +231,24 @@ async def test_messages_about_an_erased_person_are_dropped_not_failed(ingest: In
     assert [r.status for r in reply.results] == [pb.MESSAGE_STATUS_REJECTED, pb.MESSAGE_STATUS_ACCEPTED]
     assert reply.results[0].reason == pb.REJECTION_REASON_SUPPRESSED
     assert [event.subject_id for event in await ingest.collected()] == [ingest.subject("user_id", "other")]
+
+
+async def test_a_number_json_cannot_hold_is_refused_by_field_and_integers_stay_integers(
+    ingest: Ingest,
+) -> None:
+    bad = message(userId="u", event="Priced", messageId="nan")
+    bad.properties["price"] = float("nan")
+    good = message(userId="u", event="Priced", messageId="ok", properties={"quantity": 2, "price": 9.5})
+    reply = await ingest.stub.Batch(pb.BatchRequest(messages=[bad, good]), metadata=WRITE_KEY)
+    assert [r.status for r in reply.results] == [pb.MESSAGE_STATUS_REJECTED, pb.MESSAGE_STATUS_ACCEPTED]
+    assert [v.field for v in reply.results[0].field_violations] == ["messages[0].properties.price"]
+    [stored] = await ingest.collected()
+    properties = stored.open_payload(ingest.keyring)["properties"]
+    assert properties == {"quantity": 2, "price": 9.5} and isinstance(properties["quantity"], int)
+
+    infinite = message(userId="u", event="Priced")
+    infinite.properties["price"] = float("inf")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ingest.stub.Track(pb.TrackRequest(message=infinite), metadata=WRITE_KEY)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(raised.value)[0][0] == "message.properties.price"
