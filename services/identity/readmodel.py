@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -219,30 +219,68 @@ def _order_subjects(graph: Graph) -> None:
         node.subjects = dict.fromkeys(ordered)
 
 
+Step = Callable[[Session], None]
+"""One statement of a prepared save, its rows already encoded: it reads nothing of the live state."""
+
+
+@dataclass
+class Pending:
+    """What a batch changed, as statements ready to run, and the histories those rows were encoded from.
+
+    The rows are encoded when prepared, so the resolver may go on changing the live state (deciding the next
+    batch) while a pending save is written.
+    """
+
+    steps: list[Step]
+    histories: dict[str, History]
+
+
 def save_state(session: Session, state: State) -> None:
     """Write what changed since the last save, then clear the change sets."""
+    write(session, prepare_save(session, state))
+    trim_caches(state)
+
+
+def prepare_save(session: Session, state: State) -> Pending:
+    """Encode the changed rows and clear the change sets (`session` only reads missing histories)."""
     graph = state.graph
     subjects = graph.dirty_subjects | state.dirty_histories
     profile_ids = set(graph.dirty_profiles) | state.gone_profiles
     profile_ids |= {p for s in state.dirty_histories if (p := graph.profile_of(s)) is not None}
     load_histories(session, state, [s for p in profile_ids for s in graph.subjects_of(p)])
-    _replace(session, links, links.c.subject_id, graph.dirty_subjects, _link_rows(graph))
-    _replace(session, histories, histories.c.subject_id, state.dirty_histories, _history_rows(state))
-    _delete(session, values, values.c.subject_id, [s for s in subjects if s in graph.erased])
+    steps: list[Step] = []
+    steps += _replace(links, links.c.subject_id, graph.dirty_subjects, _link_rows(graph))
+    steps += _replace(histories, histories.c.subject_id, state.dirty_histories, _history_rows(state))
+    steps += _delete(values, values.c.subject_id, [s for s in subjects if s in graph.erased])
     new_values = state.new_values
-    _replace(session, values, values.c.subject_id, new_values, lambda s: _value_row(s, new_values[s]))
+    steps += _replace(values, values.c.subject_id, new_values, lambda s: _value_row(s, new_values[s]))
     tombstones = [s for s in subjects if s in graph.erased]
-    _replace(session, erased, erased.c.subject_id, tombstones, lambda s: {"subject_id": s})
-    _replace(session, profiles, profiles.c.profile_id, profile_ids, lambda p: profile_row(state, p))
+    steps += _replace(erased, erased.c.subject_id, tombstones, lambda s: {"subject_id": s})
+    steps += _replace(profiles, profiles.c.profile_id, profile_ids, lambda p: profile_row(state, p))
     if state.gone_profiles:
-        _delete_decisions_of(session, state.gone_profiles)
-    _insert(session, decisions, state.new_decisions)
+        steps += _delete_decisions_of(state.gone_profiles)
+    steps += _insert(decisions, state.new_decisions)
     if state.rules_changed:
-        session.execute(delete(rules_table))
-        session.execute(
-            insert(rules_table).values(id=1, version=state.rules.version, data=rules_to_row(state.rules))
-        )
+        steps.append(_rules_step(state.rules))
+    held = {s: h for s in state.dirty_histories if (h := state.histories.get(s)) is not None}
     _clear(state)
+    return Pending(steps, held)
+
+
+def write(session: Session, pending: Pending) -> None:
+    """Run a prepared save's statements in the session's transaction."""
+    for step in pending.steps:
+        step(session)
+
+
+def _rules_step(rules: Rules) -> Step:
+    row = {"id": 1, "version": rules.version, "data": rules_to_row(rules)}
+
+    def step(session: Session) -> None:
+        session.execute(delete(rules_table))
+        session.execute(insert(rules_table).values(**row))
+
+    return step
 
 
 def _value_row(subject: str, typed: tuple[str, str]) -> dict[str, str]:
@@ -267,11 +305,15 @@ def load_histories(session: Session, state: State, subjects: Iterable[str]) -> N
                 state.without_history.add(subject)
 
 
-def trim_caches(state: State) -> None:
-    """After a save (nothing dirty), forget cached histories and value hints beyond their bounds."""
+def trim_caches(state: State, keep: Mapping[str, History] | None = None) -> None:
+    """Once no save is in flight, forget cached histories and value hints beyond their bounds.
+
+    `keep`: the histories of a save about to be written, which the table does not hold yet.
+    """
     if state.persisted and len(state.histories) + len(state.without_history) > HISTORY_CACHE:
         state.histories.clear()
         state.without_history.clear()
+        state.histories.update(keep or {})
     if len(state.known_values) > VALUE_CACHE:
         state.known_values.clear()
 
@@ -284,7 +326,6 @@ def _clear(state: State) -> None:
     state.new_decisions.clear()
     state.gone_profiles.clear()
     state.rules_changed = False
-    trim_caches(state)
 
 
 def _link_rows(graph: Graph) -> Any:
@@ -355,30 +396,57 @@ def profile_row(state: State, profile: str) -> dict[str, Any] | None:
     }
 
 
-def _replace(session: Session, table: Table, key: Any, ids: Iterable[str], row: Any) -> None:
+def _replace(table: Table, key: Any, ids: Iterable[str], row: Any) -> list[Step]:
     """Upsert portable across SQLite and PostgreSQL: delete the keys, insert the rows that still exist."""
     ordered = sorted(ids)
-    _delete(session, table, key, ordered)
-    _insert(session, table, [r for i in ordered if (r := row(i)) is not None])
+    return [*_delete(table, key, ordered), *_insert(table, [r for i in ordered if (r := row(i)) is not None])]
 
 
-def _delete(session: Session, table: Table, key: Any, ids: Sequence[str]) -> None:
-    for start in range(0, len(ids), CHUNK):
-        session.execute(delete(table).where(key.in_(ids[start : start + CHUNK])))
+def _delete(table: Table, key: Any, ids: Sequence[str]) -> list[Step]:
+    return [_execute(delete(table).where(key.in_(ids[i : i + CHUNK]))) for i in range(0, len(ids), CHUNK)]
 
 
-def _insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(insert(table), rows)
+def _execute(statement: Any) -> Step:
+    def step(session: Session) -> None:
+        session.execute(statement)
+
+    return step
 
 
-def _delete_decisions_of(session: Session, gone: set[str]) -> None:
+PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+"""Positional parameter markers of the DB-API drivers we run on (sqlite3, psycopg)."""
+
+
+def _insert(table: Table, rows: list[dict[str, Any]]) -> list[Step]:
+    """One driver-level executemany of rows encoded now (JSON columns as text), without per-row Core work."""
+    if not rows:
+        return []
+    names = [column.name for column in table.columns]
+    encoded = {column.name for column in table.columns if isinstance(column.type, JSON)}
+    params = [
+        tuple(json.dumps(row[name]) if name in encoded else row[name] for name in names) for row in rows
+    ]
+
+    def step(session: Session) -> None:
+        connection = session.connection()
+        marker = PLACEHOLDERS[connection.dialect.paramstyle]
+        quote = connection.dialect.identifier_preparer.quote
+        columns = ", ".join(quote(name) for name in names)
+        markers = ", ".join([marker] * len(names))
+        connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({markers})", params)
+
+    return [step]
+
+
+def _delete_decisions_of(gone: set[str]) -> list[Step]:
     ids = sorted(gone)
+    steps: list[Step] = []
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        session.execute(delete(decisions).where(decisions.c.profile_id.in_(chunk)))
-        session.execute(delete(decisions).where(decisions.c.other_profile_id.in_(chunk)))
-        session.execute(delete(profiles).where(profiles.c.redirect.in_(chunk)))
+        steps.append(_execute(delete(decisions).where(decisions.c.profile_id.in_(chunk))))
+        steps.append(_execute(delete(decisions).where(decisions.c.other_profile_id.in_(chunk))))
+        steps.append(_execute(delete(profiles).where(profiles.c.redirect.in_(chunk))))
+    return steps
 
 
 def history_to_json(history: History) -> dict[str, Any]:

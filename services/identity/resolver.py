@@ -10,8 +10,9 @@ alone rebuilds the same graph.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine, delete, insert, select
@@ -34,11 +35,11 @@ from cdp.events.ingest import MessageCollected
 from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from services.identity import codec
-from services.identity.domain.decider import Observation, decide, identities_of, previous_of
+from services.identity.domain.decider import Observation, decide, identities_from, previous_of
 from services.identity.domain.decisions import Decision, Split
 from services.identity.domain.history import History
-from services.identity.domain.identifiers import Hasher, e164
-from services.identity.domain.rules import rules_from_json
+from services.identity.domain.identifiers import Hasher, Identity, e164, raw_identifiers
+from services.identity.domain.rules import Rules, rules_from_json
 from services.identity.readmodel import State, dumps, load_histories, load_state, metadata, save_state
 
 log = structlog.get_logger(__name__)
@@ -46,17 +47,55 @@ log = structlog.get_logger(__name__)
 CHECKPOINT = "identity-resolver"
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
 HASH_CACHE = 200_000
+IDENTITIES_CACHE = 100_000
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
+
+
+class IdentitiesCache:
+    """A message's usable identifiers by its raw identifier values, under one rule set.
+
+    A person's messages mostly carry the same identifiers, so normalising, checking and hashing them once
+    saves most of observing. Bounded, and to be cleared with the subject-id cache (it maps clear values).
+    """
+
+    def __init__(self) -> None:
+        self.rules: Rules | None = None
+        self.found: dict[tuple[tuple[str, Any], ...], tuple[Identity, ...]] = {}
+
+    def identities(self, payload: Mapping[str, Any], rules: Rules, hasher: Hasher) -> tuple[Identity, ...]:
+        """`identities_of(payload, rules, hasher)`, cached when every raw value is a string or absent."""
+        raws = tuple(raw_identifiers(payload))
+        # Only strings and None: 1, 1.0 and True are equal keys but do not normalise alike.
+        if not all(type(raw) is str or raw is None for _, raw in raws):
+            return identities_from(raws, rules, hasher)
+        if rules is not self.rules:
+            self.rules, self.found = rules, {}
+        found = self.found.get(raws)
+        if found is None:
+            if len(self.found) >= IDENTITIES_CACHE:
+                self.found.clear()
+            found = self.found[raws] = identities_from(raws, rules, hasher)
+        return found
+
+    def clear(self) -> None:
+        """Forget everything (after an erasure)."""
+        self.found.clear()
 
 
 class Observer:
     """Turns recorded events into state changes; shared by the live resolver, the rebuild and `as_of`."""
 
     def __init__(
-        self, state: State, keyring: Keyring, hasher: Hasher, cache: dict[tuple[str, str], str] | None = None
+        self,
+        state: State,
+        keyring: Keyring,
+        hasher: Hasher,
+        cache: dict[tuple[str, str], str] | None = None,
+        identities: IdentitiesCache | None = None,
     ) -> None:
         self.state, self.keyring = state, keyring
         self._hasher, self._cache = hasher, {} if cache is None else cache
+        self._identities = IdentitiesCache() if identities is None else identities
         self.hasher: Hasher = self._hash
 
     def _hash(self, identifier_type: str, value: str) -> str:
@@ -76,7 +115,7 @@ class Observer:
         except (KeyErased, DecryptionFailed):
             return None  # shredded: nothing of this person may reach the read model
         rules = self.state.rules
-        ids = identities_of(payload, rules, self.hasher)
+        ids = self._identities.identities(payload, rules, self.hasher)
         previous = previous_of(payload, rules, self.hasher) if event.message_type == "alias" else None
         for identity in (*ids, *(previous or ())):
             self.state.remember_value(identity.subject, identity.type, identity.value)
@@ -128,6 +167,7 @@ class Resolver:
         self._batch_size = batch_size
         self._lock = asyncio.Lock()
         self._hashes: dict[tuple[str, str], str] = {}
+        self._identities = IdentitiesCache()
         self._state: State | None = None
         self._position = START
         self._scanned = START
@@ -252,7 +292,7 @@ class Resolver:
         self, state: State, decoded: Sequence[tuple[RecordedEvent, DomainEvent]]
     ) -> list[tuple[str, list[NewEvent]]]:
         """In a worker thread: observe and decide each event; decisions grouped in runs of one stream."""
-        observer = Observer(state, self._keyring, self._hasher, self._hashes)
+        observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
         runs: list[tuple[str, list[NewEvent]]] = []
         observed: list[Observation] = []
         for recorded, event in decoded:
@@ -270,7 +310,8 @@ class Resolver:
             elif isinstance(event, SubjectErased):
                 state.erase(event.subject_id)
                 self._keyring.evict(event.subject_id)
-                self._hashes.clear()  # both map clear values: keep none of an erased person's in memory
+                self._hashes.clear()  # these map clear values: keep none of an erased person's in memory
+                self._identities.clear()
                 e164.cache_clear()
         # Histories are recorded after deciding, once the batch's missing ones are read in one go.
         with Session(self._engine) as session:
@@ -312,7 +353,7 @@ class Resolver:
 
 
 def _decode(page: Sequence[RecordedEvent]) -> list[tuple[RecordedEvent, DomainEvent]]:
-    return [(recorded, from_recorded(recorded)) for recorded in page]
+    return [(recorded, codec.decode(recorded)) for recorded in page]
 
 
 def _runs(decided: Iterable[Decision], meta: EventMetadata) -> list[tuple[str, list[NewEvent]]]:

@@ -51,8 +51,13 @@ class Observation:
 
 def identities_of(payload: Mapping[str, Any], rules: Rules, hasher: Hasher) -> tuple[Identity, ...]:
     """The usable identifiers of a message, deduplicated, blocked ones removed, highest priority first."""
+    return identities_from(raw_identifiers(payload), rules, hasher)
+
+
+def identities_from(raws: Iterable[tuple[str, Any]], rules: Rules, hasher: Hasher) -> tuple[Identity, ...]:
+    """`identities_of` for identifiers already extracted (`raw_identifiers`)."""
     found: dict[str, Identity] = {}
-    for identifier_type, raw in raw_identifiers(payload):
+    for identifier_type, raw in raws:
         value = normalise(identifier_type, raw) if raw is not None else None
         if value is None or rules.is_blocked(identifier_type, value):
             continue
