@@ -7,10 +7,10 @@ PY     := $(VENV)/bin/python
 STAMPS := .stamps
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: setup protos up down status logs test lint format bench clean help
+.PHONY: setup protos up down status logs demo test lint format bench clean help
 
 help:
-	@echo "make up | down | status | logs | test | lint | bench | protos | clean"
+	@echo "make up | down | status | logs | demo | test | lint | bench | protos | clean"
 
 setup: $(STAMPS)/deps $(STAMPS)/protos
 
@@ -40,6 +40,9 @@ down:
 
 status: setup
 	@$(PY) -m cdp.cli status
+
+demo: up
+	$(PY) -m cdp.cli demo
 
 logs:
 	@mkdir -p data/logs && tail -n 40 -F data/logs/*.log

@@ -1,4 +1,4 @@
-"""The `cdp` command: run the local cluster (`up`, `down`, `status`) and probe a server (`health`)."""
+"""The `cdp` command: run the local cluster (`up`, `down`, `status`), probe a server (`health`), `demo`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cdp.runtime.cluster import Cluster, ClusterError, ServiceState, check_health
-from cdp.runtime.settings import Settings, SettingsError
+from cdp.runtime.settings import DEV_WRITE_KEY, Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for SERVING")
     commands.add_parser("down", help="stop the services `up` started")
     commands.add_parser("status", help="show each service's health")
+    demo = commands.add_parser(
+        "demo", help="send one person's journey to a running cluster and show the profile"
+    )
+    demo.add_argument("--write-key", default=DEV_WRITE_KEY, help="a write key the cluster accepts")
     health = commands.add_parser("health", help="exit 0 when the gRPC server at ADDRESS answers SERVING")
     health.add_argument("address", help="host:port")
     args = parser.parse_args(argv)
@@ -26,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if answer == "SERVING" else 1
     try:
         cluster = Cluster(Settings.from_env())
+        if args.command == "demo":
+            from cdp.demo import run as run_demo  # needs the generated identity contract
+
+            return run_demo(Settings.from_env(), args.write_key)
         if args.command == "up":
             _print_states(cluster.up(timeout=args.timeout))
             print(f"logs: {cluster.log_dir}/  (make logs)")

@@ -90,7 +90,7 @@ class Settings:
     subject_secret_file: Path | None = None
     """A file holding the subject secret; the local cluster generates one under `data_dir`."""
 
-    write_keys: tuple[str, ...] = (DEV_WRITE_KEY,)
+    write_keys: tuple[str, ...] = (f"dev:{DEV_WRITE_KEY}",)
     """Write keys accepted by ingest, comma-separated; `source_id:key` names the source."""
 
     admin_token: str = DEV_ADMIN_TOKEN

@@ -85,3 +85,10 @@ def test_two_devices_then_identify_then_alias_become_one_profile(cluster: dict[s
     merges = [d for d in decisions if d.kind == pb.DECISION_KIND_MERGE]
     assert [d.rule for d in merges] == [pb.DECISION_RULE_ALIAS], "the laptop joined because of the alias"
     assert merges[0].explanation
+
+
+def test_the_demo_shows_a_resolved_profile_and_why(cluster: dict[str, str]) -> None:
+    shown = cdp(cluster, "demo")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert '"plan": "pro"' in shown.stdout
+    assert "DECISION_KIND_MERGE: an alias message" in shown.stdout
