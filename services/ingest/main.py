@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
+
 from cdp.eventlog.group_commit import GroupCommitter
 from cdp.eventlog.projection import ProjectionRunner
 from cdp.ingest.v1 import ingest_service_pb2_grpc
@@ -25,6 +27,8 @@ from services.ingest.domain.tracking_plans import PlanBook
 from services.ingest.grpc_api import ACCESS, SERVICE, IngestServicer
 from services.ingest.http_api import HttpApi, HttpLimits
 from services.ingest.readmodel import IngestState
+
+log = structlog.get_logger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
 BLOCKED_FLUSH_SECONDS = 2.0
@@ -56,10 +60,16 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         await flush_blocked_forever(enforcer, config_view.add_blocked, BLOCKED_FLUSH_SECONDS)
 
     async def housekeeping() -> None:
-        """Forget the in-memory consent changes the read model now holds."""
+        """Forget the in-memory consent changes the read model now holds; log what ingest did, when it changed."""
+        reported: dict[str, int] = {}
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             collector.forget_projected(runner.position)
+            counts = dict(collector.counters.by_status)
+            if counts != reported:
+                # Totals since start: accepted, duplicate, rejected, suppressed (dropped, never stored).
+                log.info("ingest_counts", **counts)
+                reported = counts
 
     async def close() -> None:
         committer.drain()
