@@ -397,9 +397,16 @@ def profile_row(state: State, profile: str) -> dict[str, Any] | None:
 
 
 def _replace(table: Table, key: Any, ids: Iterable[str], row: Any) -> list[Step]:
-    """Upsert portable across SQLite and PostgreSQL: delete the keys, insert the rows that still exist."""
-    ordered = sorted(ids)
-    return [*_delete(table, key, ordered), *_insert(table, [r for i in ordered if (r := row(i)) is not None])]
+    """Write the rows of these keys: upsert those that exist, delete those that no longer do."""
+    rows: list[dict[str, Any]] = []
+    gone: list[str] = []
+    for i in sorted(ids):
+        found = row(i)
+        if found is None:
+            gone.append(i)
+        else:
+            rows.append(found)
+    return [*_delete(table, key, gone), *_insert(table, rows, conflict=key.name)]
 
 
 def _delete(table: Table, key: Any, ids: Sequence[str]) -> list[Step]:
@@ -417,8 +424,11 @@ PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 """Positional parameter markers of the DB-API drivers we run on (sqlite3, psycopg)."""
 
 
-def _insert(table: Table, rows: list[dict[str, Any]]) -> list[Step]:
-    """One driver-level executemany of rows encoded now (JSON columns as text), without per-row Core work."""
+def _insert(table: Table, rows: list[dict[str, Any]], conflict: str | None = None) -> list[Step]:
+    """One driver-level executemany of rows encoded now (JSON columns as text), without per-row Core work.
+
+    `conflict`: the key column, to update an existing row instead (SQLite and PostgreSQL share the syntax).
+    """
     if not rows:
         return []
     names = [column.name for column in table.columns]
@@ -433,7 +443,13 @@ def _insert(table: Table, rows: list[dict[str, Any]]) -> list[Step]:
         quote = connection.dialect.identifier_preparer.quote
         columns = ", ".join(quote(name) for name in names)
         markers = ", ".join([marker] * len(names))
-        connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({markers})", params)
+        sql = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({markers})"
+        if conflict is not None:
+            updates = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in names if n != conflict)
+            sql += f" ON CONFLICT ({quote(conflict)}) " + (
+                f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            )
+        connection.exec_driver_sql(sql, params)
 
     return [step]
 
