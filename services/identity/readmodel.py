@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -225,14 +225,9 @@ Step = Callable[[Session], None]
 
 @dataclass
 class Pending:
-    """What a batch changed, as statements ready to run, and the histories those rows were encoded from.
-
-    The rows are encoded when prepared, so the resolver may go on changing the live state (deciding the next
-    batch) while a pending save is written.
-    """
+    """What a batch changed, as statements ready to run: their rows are encoded when prepared."""
 
     steps: list[Step]
-    histories: dict[str, History]
 
 
 def save_state(session: Session, state: State) -> None:
@@ -262,9 +257,8 @@ def prepare_save(session: Session, state: State) -> Pending:
     steps += _insert(decisions, state.new_decisions)
     if state.rules_changed:
         steps.append(_rules_step(state.rules))
-    held = {s: h for s in state.dirty_histories if (h := state.histories.get(s)) is not None}
     _clear(state)
-    return Pending(steps, held)
+    return Pending(steps)
 
 
 def write(session: Session, pending: Pending) -> None:
@@ -305,15 +299,11 @@ def load_histories(session: Session, state: State, subjects: Iterable[str]) -> N
                 state.without_history.add(subject)
 
 
-def trim_caches(state: State, keep: Mapping[str, History] | None = None) -> None:
-    """Once no save is in flight, forget cached histories and value hints beyond their bounds.
-
-    `keep`: the histories of a save about to be written, which the table does not hold yet.
-    """
+def trim_caches(state: State) -> None:
+    """After a save (nothing dirty), forget cached histories and value hints beyond their bounds."""
     if state.persisted and len(state.histories) + len(state.without_history) > HISTORY_CACHE:
         state.histories.clear()
         state.without_history.clear()
-        state.histories.update(keep or {})
     if len(state.known_values) > VALUE_CACHE:
         state.known_values.clear()
 
