@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+
+WAL_SWITCH_TIMEOUT = 10.0
+"""Seconds a new connection waits for others to finish switching the same file to WAL."""
 
 
 def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
@@ -29,12 +34,31 @@ def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, see `begin`
         cursor = dbapi_connection.cursor()
         for pragma in sqlite_pragmas:
-            cursor.execute(f"PRAGMA {pragma}")
+            if pragma.replace(" ", "").lower() == "journal_mode=wal":
+                enable_wal(cursor, WAL_SWITCH_TIMEOUT)
+            else:
+                cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     event.listen(engine, "connect", connect)
     event.listen(engine, "begin", _begin)
     return engine
+
+
+def enable_wal(connection: Any, timeout: float) -> None:
+    """Switch a SQLite connection's database to WAL, waiting out other connections doing the same.
+
+    Switching needs an exclusive lock and SQLite does not run the busy handler for it: two processes (or two
+    pooled connections) opening a new file at once would otherwise fail with "database is locked".
+    """
+    deadline = time.monotonic() + timeout
+    while connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _begin(conn: Connection) -> None:

@@ -49,6 +49,7 @@ from cdp.eventlog.port import (
     check_parts,
     stream_category,
 )
+from cdp.sqlengine import enable_wal
 
 T = TypeVar("T")
 
@@ -122,8 +123,7 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
+    enable_wal(conn, busy_timeout)
     # NORMAL in WAL mode survives an application crash; only an OS crash may lose the last commits.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.executescript(SCHEMA)
