@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cdp.common.v1 import message_pb2
@@ -121,12 +121,14 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
     async def Batch(self, request: pb.BatchRequest, context: Any) -> pb.BatchResponse:
         validate_batch(request)
+        # The batch's own context and integrations go through the same converter as each message's, so a NaN
+        # there is INVALID_ARGUMENT naming the field too.
         defaults = {
-            "context": json_format.MessageToDict(request.context) if request.HasField("context") else None,
-            "integrations": json_format.MessageToDict(request.integrations)
+            "context": _struct(request.context, "context") if request.HasField("context") else None,
+            "integrations": _struct(request.integrations, "integrations")
             if request.HasField("integrations")
             else None,
-            "sentAt": _time_text(request.sent_at) if request.HasField("sent_at") else None,
+            "sentAt": request.sent_at.ToJsonString() if request.HasField("sent_at") else None,
         }
         outcomes = await self._collector.collect(
             current_principal.get().source_id,
@@ -241,18 +243,15 @@ def message_to_json(message: message_pb2.Message) -> dict[str, Any]:
     return document
 
 
-_TEXT_FIELDS = tuple(
-    (name, json_name)
-    for name, json_name in (
-        ("message_id", "messageId"),
-        ("user_id", "userId"),
-        ("anonymous_id", "anonymousId"),
-        ("event", "event"),
-        ("name", "name"),
-        ("category", "category"),
-        ("group_id", "groupId"),
-        ("previous_id", "previousId"),
-    )
+_TEXT_FIELDS = (
+    ("message_id", "messageId"),
+    ("user_id", "userId"),
+    ("anonymous_id", "anonymousId"),
+    ("event", "event"),
+    ("name", "name"),
+    ("category", "category"),
+    ("group_id", "groupId"),
+    ("previous_id", "previousId"),
 )
 _OBJECT_FIELDS = (
     ("properties", "properties"),
@@ -343,7 +342,3 @@ async def _take_available(
             break
         batch.append(item)
     return batch
-
-
-def _time_text(value: Timestamp) -> str:
-    return value.ToJsonString()

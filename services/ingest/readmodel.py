@@ -67,11 +67,10 @@ class IngestState:
 
     def apply(self, session: Session, events: Sequence[RecordedEvent]) -> None:
         """Update the tables for a batch of events (inside the runner's transaction)."""
+        suppressions_changed = False
         for recorded in events:
             event = from_recorded(recorded)
-            if isinstance(event, SubjectSuppressed | SubjectUnsuppressed):
-                # Reload once the batch is committed, so memory never shows what the database may roll back.
-                sqlalchemy_event.listen(session, "after_commit", lambda _: self.load(), once=True)
+            suppressions_changed |= isinstance(event, SubjectSuppressed | SubjectUnsuppressed)
             if isinstance(event, ConsentChanged):
                 self._merge_consent(session, event)
             elif isinstance(event, SubjectSuppressed):
@@ -87,6 +86,9 @@ class IngestState:
             elif isinstance(event, SubjectErased):
                 session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
                 self._on_erased(event.subject_id)
+        if suppressions_changed:
+            # Reload once the batch is committed, so memory never shows what the database may roll back.
+            sqlalchemy_event.listen(session, "after_commit", lambda _: self.load(), once=True)
 
     def consent_of(self, subject_ids: Iterable[str]) -> dict[str, dict[str, bool]]:
         """The consent last recorded for these subjects (only asked for messages that state consent)."""

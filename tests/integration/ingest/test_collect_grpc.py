@@ -252,3 +252,13 @@ async def test_a_number_json_cannot_hold_is_refused_by_field_and_integers_stay_i
         await ingest.stub.Track(pb.TrackRequest(message=infinite), metadata=WRITE_KEY)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(raised.value)[0][0] == "message.properties.price"
+
+
+async def test_a_batch_context_json_cannot_hold_is_invalid_argument_naming_it(ingest: Ingest) -> None:
+    batch = pb.BatchRequest(messages=[message(userId="u", event="E")])
+    batch.context["screen"] = float("inf")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ingest.stub.Batch(batch, metadata=WRITE_KEY)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(raised.value)[0][0] == "context.screen"
+    assert await ingest.collected() == []
