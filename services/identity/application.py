@@ -150,7 +150,9 @@ class IdentityApp:
                 at=at,
             )
 
-        decision = await self._resolver.split(build, actor)
+        # The re-decisions (refused identifiers re-admitted, refusals that still stand) are in the merge
+        # history after the split; the response carries the split itself.
+        decision, _ = await self._resolver.split(build, actor)
         clear = await self._read(lambda s: queries.clear_values(s, decision.subjects))
         return decision_row(0, decision), clear
 

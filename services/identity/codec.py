@@ -51,6 +51,7 @@ def to_event(decision: Decision) -> DomainEvent:
             identifier_type=decision.type,
             subject_id=decision.subject,
             decided_at=decision.at,
+            causing_message_position=decision.cause_position,
         )
     return ProfileSplit(
         profile_id=decision.profile,
@@ -95,6 +96,7 @@ def from_event(decision_id: str, event: DomainEvent) -> Decision | None:
             event.subject_id,
             event.causing_message_id,
             event.decided_at,
+            event.causing_message_position,
         )
     if isinstance(event, ProfileSplit):
         return Split(

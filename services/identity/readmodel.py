@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     delete,
     insert,
+    or_,
     select,
 )
 from sqlalchemy.orm import Session
@@ -82,6 +83,8 @@ decisions = Table(
     Column("other_profile_id", String(36), nullable=False, index=True),
     Column("identifiers", JSON, nullable=False),
     Column("cause_message_id", String(200), nullable=False),
+    # Where a refused message is in the log, to re-decide it after a split (0 for other decisions).
+    Column("cause_position", BigInteger, nullable=False),
     Column("explanation", String(500), nullable=False),
     Column("manual", Boolean, nullable=False),
     Column("decide_time", BigInteger),
@@ -180,8 +183,45 @@ def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
         )
         row["explanation"] = decision.reason
     cause = "" if isinstance(decision, Split) else decision.cause
-    row.update(kind=kind, rule=rule, other_profile_id=other, identifiers=ids, cause_message_id=cause)
+    position = decision.cause_position if isinstance(decision, Rejected) else 0
+    row.update(
+        kind=kind,
+        rule=rule,
+        other_profile_id=other,
+        identifiers=ids,
+        cause_message_id=cause,
+        cause_position=position,
+    )
     return row
+
+
+def refusal_rows(session: Session, profiles: Sequence[str]) -> list[dict[str, Any]]:
+    """Refusal rows made by these profiles or naming them as the profile a message could not join."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(profiles), CHUNK):
+        chunk = profiles[start : start + CHUNK]
+        statement = select(decisions).where(
+            decisions.c.kind == "refuse",
+            or_(decisions.c.profile_id.in_(chunk), decisions.c.other_profile_id.in_(chunk)),
+        )
+        found += [dict(row._mapping) for row in session.execute(statement.order_by(decisions.c.seq))]
+    return found
+
+
+def refusal_from_row(row: Mapping[str, Any]) -> Rejected:
+    """The refusal a decisions-table row records."""
+    (identifier_type, subject), *_ = row["identifiers"]
+    return Rejected(
+        row["decision_id"],
+        row["profile_id"],
+        row["other_profile_id"],
+        row["rule"],
+        identifier_type,
+        subject,
+        row["cause_message_id"],
+        from_micros(row["decide_time"]),
+        row["cause_position"],
+    )
 
 
 def load_state(session: Session) -> State:

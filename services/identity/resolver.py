@@ -36,16 +36,27 @@ from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from services.identity import codec
 from services.identity.domain.decider import Observation, decide, identities_from, previous_of
-from services.identity.domain.decisions import Decision, Split
+from services.identity.domain.decisions import Decision, Rejected, Split
 from services.identity.domain.history import History
 from services.identity.domain.identifiers import Hasher, Identity, e164, raw_identifiers
 from services.identity.domain.rules import Rules, rules_from_json
-from services.identity.readmodel import State, dumps, load_histories, load_state, metadata, save_state
+from services.identity.domain.splits import redecide, refusals_to_reconsider
+from services.identity.readmodel import (
+    State,
+    dumps,
+    load_histories,
+    load_state,
+    metadata,
+    refusal_from_row,
+    refusal_rows,
+    save_state,
+)
 
 log = structlog.get_logger(__name__)
 
 CHECKPOINT = "identity-resolver"
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
+MESSAGES = EventFilter(event_types=("MessageCollected",))
 HASH_CACHE = 200_000
 IDENTITIES_CACHE = 100_000
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
@@ -130,6 +141,7 @@ class Observer:
             source_id=event.source_id,
             event_name=event.event_name,
             traits=traits if isinstance(traits, dict) else {},
+            position=recorded.global_position,
         )
 
     def set_rules(self, event: IdentityRulesSet, version: int) -> None:
@@ -212,21 +224,67 @@ class Resolver:
         """The live state (loaded on first use)."""
         return await self._ensure_state()
 
-    async def split(self, build: Callable[[State], Split], actor: str) -> Split:
-        """Apply an operator's split built against the current state, append it, and save."""
+    async def split(self, build: Callable[[State], Split], actor: str) -> tuple[Split, list[Decision]]:
+        """Apply an operator's split built against the current state, then re-decide the messages whose
+        refusals it may lift; append the split and those decisions in one group commit, and save.
+
+        Returns the split and the re-decisions (identifiers re-admitted, merges now allowed, refusals that
+        still stand), which follow the split in the log so that a replay reproduces them.
+        """
         async with self._lock:
             state = await self._ensure_state()
             decision = build(state)
             try:
+                refusals = await asyncio.to_thread(self._refusals_around, state, decision.profile)
+                reconsidered = refusals_to_reconsider(state.graph, decision, refusals)
+                messages = await self._messages_at({r.cause_position for r in reconsidered})
+                observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
+                observed = [
+                    (recorded, obs)
+                    for recorded, event in messages
+                    if (obs := observer.observe(recorded, event)) is not None
+                ]
                 state.graph.apply(decision)
                 state.record_decision(decision)
-                event = codec.new_event(decision, EventMetadata(actor=actor))
-                await self._store.append(codec.stream_of(decision), [event])
+                meta = EventMetadata(actor=actor)
+                appends = [StreamAppend(codec.stream_of(decision), [codec.new_event(decision, meta)])]
+                follow = EventMetadata(
+                    actor=codec.ACTOR, correlation_id=meta.correlation_id, causation_id=decision.decision_id
+                )
+                redecided: list[Decision] = []
+                for _, obs in observed:
+                    again = redecide(state.graph, state.rules, decision, [obs])
+                    appends += [StreamAppend(stream, events) for stream, events in _runs(again, follow)]
+                    redecided += again
+                for made in redecided:
+                    state.record_decision(made)
+                await self._append([(a.stream, list(a.events)) for a in appends])
                 await asyncio.to_thread(self._save, self._position)
             except BaseException:
                 self._state = None
                 raise
-            return decision
+            return decision, redecided
+
+    def _refusals_around(self, state: State, profile: str) -> list[Rejected]:
+        """Refusals made by the profile (or a profile merged into it) or refusing to join it."""
+        live = state.graph.resolve(profile) or profile
+        ids = [live, *state.graph.merged_into(live)]
+        with Session(self._engine) as session:
+            rows = refusal_rows(session, ids)
+        rows += [r for r in state.new_decisions if r["kind"] == "refuse"]
+        return [refusal_from_row(row) for row in rows]
+
+    async def _messages_at(self, positions: Iterable[int]) -> list[tuple[RecordedEvent, MessageCollected]]:
+        """The collected messages at these log positions, in log order (erased ones are gone: skipped)."""
+        found: list[tuple[RecordedEvent, MessageCollected]] = []
+        for position in sorted(p for p in positions if p > 0):
+            page = await self._store.read_all(position - 1, limit=1, filter=MESSAGES)
+            if page and page[0].global_position == position:
+                event = codec.decode(page[0])
+                if isinstance(event, MessageCollected):
+                    found.append((page[0], event))
+        await self._keyring.prefetch(event.subject_id for _, event in found)
+        return found
 
     async def rebuild(self) -> int:
         """Drop the read model and replay it from the log: decisions for the graph, messages for history."""

@@ -42,6 +42,8 @@ class Observation:
     source_id: str = ""
     event_name: str | None = None
     traits: Mapping[str, Any] = field(default_factory=dict)
+    position: int = 0
+    """Where the message is in the log (0: unknown); refusals keep it so a split can re-decide them."""
 
     @property
     def attribution(self) -> str | None:
@@ -97,6 +99,8 @@ def decide(graph: Graph, rules: Rules, obs: Observation) -> list[d.Decision]:
                     identity.type,
                     identity.subject,
                     obs.message_id,
+                    obs.timestamp,
+                    obs.position,
                 )
             )
     return out.decisions

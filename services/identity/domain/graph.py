@@ -207,6 +207,9 @@ class Graph:
             if not d.undone:
                 link.home = d.new_profile
             self.dirty_subjects.add(subject)
+        # The split may lift the rule behind any refusal the profile remembers: its refused messages are
+        # re-decided after the split (their decisions follow it in the log), refusing again what still fails.
+        self.nodes[live].refused = frozenset()
         if d.prevent_relink:
             target.no_relink |= {live}
             self.nodes[live].no_relink |= {d.new_profile}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cdp.errors import FieldViolation, InvalidInput, NotFound
-from services.identity.domain.decisions import Split
+from services.identity.domain.decider import Observation, decide
+from services.identity.domain.decisions import Decision, Rejected, Split
 from services.identity.domain.graph import Graph
+from services.identity.domain.rules import Rules
 
 
 def split_identifier(
@@ -112,3 +115,44 @@ def plan_split(
         at=at,
         undone=request.undo_id,
     )
+
+
+def refusals_to_reconsider(graph: Graph, split: Split, refusals: Iterable[Rejected]) -> list[Rejected]:
+    """The standing refusals the split may lift: made on the split profile, or refusing to join it.
+
+    Called before the split is applied. "Standing" means the profile that refused still remembers the
+    refusal (a refusal already re-decided by an earlier split is not standing unless it was refused again).
+    """
+    live = graph.resolve(split.profile)
+    found: list[Rejected] = []
+    for refusal in refusals:
+        holder = graph.resolve(refusal.profile)
+        if holder is None or live not in (holder, graph.resolve(refusal.other) if refusal.other else None):
+            continue
+        if f"{refusal.subject}:{refusal.rule}" in graph.nodes[holder].refused:
+            found.append(refusal)
+    return found
+
+
+def redecide(graph: Graph, rules: Rules, split: Split, messages: Iterable[Observation]) -> list[Decision]:
+    """After `split` is applied: decide the refused messages again, in log order, as if they had never
+    carried the identifiers the split moved (so the split is not undone by the very messages it lifts).
+
+    An identifier crowded out of a value limit by the identifier now split off joins the profile, as it would
+    have had the link never been made. Decision ids derive from the split's id and the message's event id, so
+    they differ from the message's first decisions and are the same whenever this split is re-decided.
+    """
+    moved = set(split.subjects)
+    decided: list[Decision] = []
+    for obs in messages:
+        previous = obs.previous
+        if previous is not None and any(p.subject in moved for p in previous):
+            previous = None
+        again = replace(
+            obs,
+            event_id=f"{split.decision_id}:{obs.event_id}",
+            identities=tuple(i for i in obs.identities if i.subject not in moved),
+            previous=previous,
+        )
+        decided += decide(graph, rules, again)
+    return decided

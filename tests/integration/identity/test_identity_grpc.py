@@ -154,6 +154,55 @@ async def test_a_split_restores_two_profiles_and_prevent_relink_holds(harness: H
     assert [d.rule for d in refused] == [pb.DECISION_RULE_MANUAL_SPLIT]
 
 
+async def test_a_split_re_admits_what_the_split_link_had_crowded_out(harness: Harness) -> None:
+    """A kiosk's anonymous id filled user-9's fifth slot, so a sixth was refused; cutting the kiosk off
+    re-decides the refused message and the sixth joins, as if the kiosk had never been linked."""
+    h = harness
+    await h.collect("identify", at=T0, userId="user-9", anonymousId="kiosk")
+    for n in range(1, 5):
+        await h.collect(
+            "track", at=T0 + timedelta(minutes=n), event="Seen", userId="user-9", anonymousId=f"a{n}"
+        )
+    await h.collect("track", at=T0 + timedelta(minutes=9), event="Seen", userId="user-9", anonymousId="a5")
+    await h.settle()
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await profile(h, by(ANON, "a5"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    refused = [d for d in await history(h, by(USER, "user-9")) if d.kind == pb.DECISION_KIND_REFUSE]
+    assert [i.value for d in refused for i in d.identifiers] == ["a5"]
+
+    reply = await h.stub.SplitProfile(
+        pb.SplitProfileRequest(
+            profile=by(USER, "user-9"),
+            identifier=identity_pb2.Identifier(type=ANON, value="kiosk"),
+            reason="kiosk",
+        ),
+        metadata=ADMIN,
+    )
+    user = (await profile(h, by(USER, "user-9"))).profile
+    assert sorted(i.identifier.value for i in user.identifiers if i.identifier.type == ANON) == [
+        "a1",
+        "a2",
+        "a3",
+        "a4",
+        "a5",
+    ]
+    kiosk = (await profile(h, by(ANON, "kiosk"))).profile
+    assert kiosk.profile_id == reply.new_profile_id != user.profile_id
+
+    # The merge history says so, in order: the refusal, the split, then the re-decided link.
+    after = [(d.kind, [i.value for i in d.identifiers]) for d in await history(h, by(USER, "user-9"))][-3:]
+    assert after == [
+        (pb.DECISION_KIND_REFUSE, ["a5"]),
+        (pb.DECISION_KIND_SPLIT, ["kiosk"]),
+        (pb.DECISION_KIND_LINK, ["a5"]),
+    ]
+    # And the log alone rebuilds the same read model.
+    live = await h.resolver.snapshot()
+    await h.resolver.rebuild()
+    assert await h.resolver.snapshot() == live
+
+
 async def test_traits_are_last_write_wins_by_event_time_not_arrival(harness: Harness) -> None:
     h = harness
     await h.collect("identify", at=T0 + timedelta(days=2), userId="u1", traits={"plan": "pro"})

@@ -11,14 +11,14 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import Phase, assume, example, given, settings
+from hypothesis import Phase, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from services.identity.domain import decisions as d
 from services.identity.domain.decider import Observation, decide
 from services.identity.domain.graph import Graph
 from services.identity.domain.rules import Rules, TypeRule, default_rules
-from services.identity.domain.splits import split_identifier, undo_merge
+from services.identity.domain.splits import redecide, refusals_to_reconsider, split_identifier, undo_merge
 from tests.unit.identity.helpers import T0, observe, subject
 
 RULES = Rules(
@@ -46,6 +46,18 @@ payloads = st.fixed_dictionaries(
     },
 )
 message_lists = st.lists(st.tuples(payloads, st.booleans()), min_size=1, max_size=40)
+# Mostly one person with many anonymous ids: the bridge's device then often fills a value limit.
+crowded = st.fixed_dictionaries(
+    {"anonymousId": st.sampled_from(["a1", "a2", "a3", "a4", "a5", "a6", "a7"])},
+    optional={
+        "userId": st.sampled_from(["u1", "u1", "u1", "u2"]),
+        "traits": st.fixed_dictionaries({"email": st.sampled_from(["e1@x.io", "e2@x.io"])}),
+        "context": st.fixed_dictionaries(
+            {"device": st.fixed_dictionaries({"id": st.sampled_from(["d1", "d2"])})}
+        ),
+    },
+)
+crowded_lists = st.lists(st.tuples(crowded, st.booleans()), min_size=4, max_size=30)
 
 
 def observations(messages: list[tuple[dict[str, Any], bool]], rules: Rules) -> list[Observation]:
@@ -105,10 +117,11 @@ def test_replaying_the_decisions_alone_rebuilds_the_same_graph(messages: list[An
     assert snapshot(replayed) == snapshot(live)
 
 
-def split_then_replay(messages: list[Any], at: int, user: str) -> tuple[Graph, Graph, set[str]]:
+def split_then_replay(messages: list[Any], at: int, user: str) -> tuple[Graph, Graph, set[str], bool]:
     """Resolve the messages with a bridging message inserted at `at`, split the bridge's device off and
     replay the decisions; also resolve them as if the bridge had never carried the device.
-    Returns (replayed, never linked, refusals the bridge caused)."""
+    Returns (replayed, never linked, refusals the bridge caused, whether an identifier a re-decided
+    message had been refused was claimed by another profile before the split)."""
     rules = default_rules()
     without = observations(messages, rules)
     bridge = observe(10_000, rules=rules, userId=user, anonymousId="fresh-device", minutes=at)
@@ -116,7 +129,9 @@ def split_then_replay(messages: list[Any], at: int, user: str) -> tuple[Graph, G
     graph, decided = resolve_all(with_bridge, rules)
     fresh = subject("anonymous_id", "fresh-device")
     profile = graph.profile_of(fresh)
+    assume(profile is not None)  # the bridge came when u's profile was full: no link to split
     assert profile is not None
+    claimed = False
     if len(graph.nodes[profile].subjects) > 1:
         split = split_identifier(
             graph,
@@ -128,38 +143,43 @@ def split_then_replay(messages: list[Any], at: int, user: str) -> tuple[Graph, G
             prevent_relink=False,
             at=T0,
         )
+        refused = [x for x in decided if isinstance(x, d.Rejected)]
+        reconsidered = refusals_to_reconsider(graph, split, refused)
+        positions = {r.cause_position for r in reconsidered}
+        claimed = any(graph.profile_of(r.subject) not in (None, profile) for r in reconsidered)
+        graph.apply(split)
         decided.append(split)
+        decided += redecide(graph, rules, split, [o for o in with_bridge if o.position in positions])
     replayed = Graph()
     replayed.apply_all(decided)
     never_linked = observe(10_000, rules=rules, userId=user, minutes=at)
     expected, expected_decided = resolve_all([*without[:at], never_linked, *without[at:]], rules)
     refusals = {f"{x.subject}:{x.rule}" for x in decided if isinstance(x, d.Rejected)}
     refusals -= {f"{x.subject}:{x.rule}" for x in expected_decided if isinstance(x, d.Rejected)}
-    return replayed, expected, refusals
+    return replayed, expected, refusals, claimed
 
 
-@settings(max_examples=200, deadline=None)
-@given(message_lists, st.integers(min_value=0, max_value=40), st.sampled_from(["u1", "u2", "u3"]))
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(message_lists, crowded_lists),
+    st.integers(min_value=0, max_value=40),
+    st.sampled_from(["u1", "u2", "u3"]),
+)
 def test_split_then_replay_equals_the_graph_that_never_had_the_link(
     messages: list[Any], at: int, user: str
 ) -> None:
-    replayed, expected, refusals = split_then_replay(messages, at, user)
-    # Where the bridge pushed a profile to a value limit, later identifiers were refused; a split does not
-    # re-admit them yet (see the test below), so the property is checked where the bridge refused nothing.
-    assume(not refusals)
+    replayed, expected, refusals, claimed = split_then_replay(messages, at, user)
+    # Known limit (see the strict xfail below): an identifier refused because of the link, then claimed by
+    # another profile before the split, stays there; that profile is not rebuilt.
+    assume(not claimed)
+    event("the bridge caused refusals" if refusals else "the bridge caused no refusal")
     assert replayed.partition() == expected.partition() | {
         frozenset({subject("anonymous_id", "fresh-device")})
     }
 
 
-# Known gap (reported in the identity issue's note): identifiers refused *because of* the identifier that is
-# later split off stay refused after the split; "the affected profiles are rebuilt from their events" would
-# re-decide those messages. Here the bridge's device fills u1's fifth anonymous slot, so a5 is refused; after
-# the split a5 should join u1, as it does when the bridge never carried the device. Strict: fixing the gap
-# makes this test fail until the marker is removed.
-@pytest.mark.xfail(
-    strict=True, reason="a split does not re-admit identifiers refused because of the split link"
-)
+# Where the bridge's device fills u1's fifth anonymous slot, a5 is refused; after the split the refused
+# message is re-decided and a5 joins u1, as it does when the bridge never carried the device.
 @settings(phases=[Phase.explicit], deadline=None)
 @example(
     messages=[
@@ -200,8 +220,33 @@ def test_split_then_replay_equals_the_graph_that_never_had_the_link(
 def test_a_split_re_admits_identifiers_its_link_had_crowded_out(
     messages: list[Any], at: int, user: str
 ) -> None:
-    replayed, expected, refusals = split_then_replay(messages, at, user)
+    replayed, expected, refusals, _ = split_then_replay(messages, at, user)
     assert refusals, "the example must be one where the bridge caused a refusal"
+    assert replayed.partition() == expected.partition() | {
+        frozenset({subject("anonymous_id", "fresh-device")})
+    }
+
+
+# Known limit (reported in the identity issue's note): a5 is refused because the bridge's device filled u1's
+# anonymous slots, then u2's message claims it. After the split, re-deciding the refused message cannot take
+# a5 from u2 (merge protection), whereas without the link a5 would have stayed with u1 and u2 would be alone.
+# Rebuilding the claiming profile from its own messages would need an index of messages by identifier.
+@pytest.mark.xfail(strict=True, reason="a split does not rebuild a profile that claimed a refused identifier")
+@settings(phases=[Phase.explicit], deadline=None)
+@example(
+    messages=[
+        *(({"userId": "u1", "anonymousId": a}, False) for a in ("a1", "a2", "a3", "a4", "a5")),
+        ({"userId": "u2", "anonymousId": "a5"}, False),
+    ],
+    at=0,
+    user="u1",
+)
+@given(message_lists, st.integers(min_value=0, max_value=40), st.sampled_from(["u1", "u2", "u3"]))
+def test_a_split_rebuilds_a_profile_that_claimed_a_refused_identifier(
+    messages: list[Any], at: int, user: str
+) -> None:
+    replayed, expected, _, claimed = split_then_replay(messages, at, user)
+    assert claimed, "the example must be one where a refused identifier was claimed"
     assert replayed.partition() == expected.partition() | {
         frozenset({subject("anonymous_id", "fresh-device")})
     }
