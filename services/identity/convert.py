@@ -44,7 +44,7 @@ RULES = {
     "new_identifier": pb.DECISION_RULE_NEW_IDENTIFIER,
     "shared_message": pb.DECISION_RULE_SHARED_MESSAGE,
     "alias": pb.DECISION_RULE_ALIAS,
-    "merge_protection": pb.DECISION_RULE_VALUE_LIMIT,
+    "merge_protection": pb.DECISION_RULE_MERGE_PROTECTION,
     "max_merges": pb.DECISION_RULE_MAX_MERGES,
     "prevented_relink": pb.DECISION_RULE_MANUAL_SPLIT,
     "manual_split": pb.DECISION_RULE_MANUAL_SPLIT,
@@ -150,8 +150,7 @@ def profile_message(record: ProfileRecord, mask: list[str]) -> pb.Profile:
             for i in record.identifiers
         ],
         traits=struct(record.traits),
-        # The v1 Profile has no fields for history yet: identity's stats travel as a computed trait.
-        computed_traits=struct({"identity": _stats(record.stats)}),
+        stats=_stats(record.stats),
         merged_profile_ids=record.merged_profile_ids,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
@@ -161,13 +160,18 @@ def profile_message(record: ProfileRecord, mask: list[str]) -> pb.Profile:
     return profile
 
 
-def _stats(stats: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(stats)
-    for key in ("first_seen", "last_seen"):
-        if out.get(key) is not None:
-            moment = datetime.fromtimestamp(out[key] / 1_000_000, tz=UTC)
-            out[key] = moment.isoformat().replace("+00:00", "Z")
-    return out
+def _stats(stats: Mapping[str, Any]) -> pb.ProfileStats:
+    def moment(key: str) -> timestamp_pb2.Timestamp | None:
+        micros = stats.get(key)
+        return None if micros is None else timestamp(datetime.fromtimestamp(micros / 1_000_000, tz=UTC))
+
+    return pb.ProfileStats(
+        first_seen=moment("first_seen"),
+        last_seen=moment("last_seen"),
+        message_counts=stats.get("message_counts", {}),
+        event_counts=stats.get("event_counts", {}),
+        sources=stats.get("sources", {}),
+    )
 
 
 def read_mask(paths: Iterable[str], path: str = "read_mask") -> list[str]:

@@ -76,11 +76,13 @@ async def test_anonymous_on_two_devices_then_identify_then_alias_is_one_profile_
         "name": "Jane",
         "plan": "pro",
     }
-    stats = json_format.MessageToDict(found.computed_traits)["identity"]
-    assert stats["message_counts"] == {"track": 1, "page": 1, "identify": 1, "alias": 1}
-    assert stats["event_counts"] == {"App Opened": 1}
-    assert stats["sources"] == {"ios": 2, "web": 2}
-    assert stats["first_seen"] == "2024-03-01T09:00:00Z"
+    stats = found.stats
+    assert stats.message_counts == {"track": 1, "page": 1, "identify": 1, "alias": 1}
+    assert stats.event_counts == {"App Opened": 1}
+    assert stats.sources == {"ios": 2, "web": 2}
+    assert stats.first_seen.ToDatetime(UTC) == T0
+    assert stats.last_seen.ToDatetime(UTC) == T0 + timedelta(minutes=20)
+    assert not found.HasField("computed_traits") or not found.computed_traits.fields  # the segments service's
     assert len(found.merged_profile_ids) == 1
 
     decisions = await history(h, by(USER, "user-42"))
@@ -123,6 +125,14 @@ async def test_a_merge_blocked_by_a_rule_says_which(harness: Harness) -> None:
     assert refused[0].source_profile_id == jane.profile_id
     assert [i.value for i in refused[0].identifiers] == ["jane@example.com"]
 
+    # Now both hold a user id: a message carrying user-7 with Jane's phone id would merge them.
+    await h.collect("track", at=T0 + timedelta(hours=2), event="x", userId="user-7", anonymousId="phone-anon")
+    await h.settle()
+    refused = [d for d in await history(h, by(USER, "user-7")) if d.kind == pb.DECISION_KIND_REFUSE]
+    assert [d.rule for d in refused] == [pb.DECISION_RULE_VALUE_LIMIT, pb.DECISION_RULE_MERGE_PROTECTION]
+    assert "different user ids" in refused[1].explanation
+    assert [i.value for i in refused[1].identifiers] == ["phone-anon"]
+
 
 async def test_a_split_restores_two_profiles_and_prevent_relink_holds(harness: Harness) -> None:
     h = harness
@@ -142,8 +152,7 @@ async def test_a_split_restores_two_profiles_and_prevent_relink_holds(harness: H
     laptop = (await profile(h, by(ANON, "laptop-anon"))).profile
     jane = (await profile(h, by(USER, "user-42"))).profile
     assert laptop.profile_id == merge.source_profile_id != jane.profile_id
-    stats = json_format.MessageToDict(laptop.computed_traits)["identity"]
-    assert stats["message_counts"] == {"page": 1}
+    assert laptop.stats.message_counts == {"page": 1}
     assert len(jane.identifiers) == 3 and not jane.merged_profile_ids
 
     # The same alias again is refused, naming the operator's split.
