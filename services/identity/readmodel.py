@@ -208,6 +208,17 @@ def refusal_rows(session: Session, profiles: Sequence[str]) -> list[dict[str, An
     return found
 
 
+def saved_decision_ids(session: Session, ids: Sequence[str]) -> set[str]:
+    """Which of these decisions the read model holds."""
+    found: set[str] = set()
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        found.update(
+            session.scalars(select(decisions.c.decision_id).where(decisions.c.decision_id.in_(chunk)))
+        )
+    return found
+
+
 def refusal_from_row(row: Mapping[str, Any]) -> Rejected:
     """The refusal a decisions-table row records."""
     (identifier_type, subject), *_ = row["identifiers"]

@@ -50,6 +50,7 @@ from services.identity.readmodel import (
     refusal_from_row,
     refusal_rows,
     save_state,
+    saved_decision_ids,
 )
 
 log = structlog.get_logger(__name__)
@@ -57,6 +58,7 @@ log = structlog.get_logger(__name__)
 CHECKPOINT = "identity-resolver"
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
 MESSAGES = EventFilter(event_types=("MessageCollected",))
+DECISIONS = EventFilter(event_types=codec.DECISION_TYPES)
 HASH_CACHE = 200_000
 IDENTITIES_CACHE = 100_000
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
@@ -382,8 +384,42 @@ class Resolver:
         if self._state is not None:
             return self._state
         loaded, self._position = await asyncio.to_thread(self._load)
+        await self._recover_splits(loaded)
         self._state = loaded
         return loaded
+
+    async def _recover_splits(self, state: State) -> None:
+        """Apply the operator splits the log holds but the read model missed (a fault between a split's
+        append and its save), with the re-decisions that follow them.
+
+        Under the lock nothing happens between a split's append and its save, so the state loaded from the
+        last commit is the one the split was made against; message decisions are re-derived by re-deciding,
+        but a split is not, so it is taken from the log. A split of a profile erased since is left alone.
+        """
+        after, found = self._position, list[tuple[RecordedEvent, Decision]]()
+        while page := await self._store.read_all(after, limit=self._batch_size, filter=DECISIONS):
+            after = page[-1].global_position
+            found += [(r, d) for r in page if (d := _decision(r)) is not None]
+        candidates = [d.decision_id for _, d in found if isinstance(d, Split)]
+        if not candidates:
+            return
+        saved = await asyncio.to_thread(self._saved_decisions, candidates)
+        recovered, splits = list[Decision](), set[str]()
+        for recorded, decision in found:
+            if isinstance(decision, Split):
+                if decision.decision_id in saved or state.graph.resolve(decision.profile) is None:
+                    continue
+                splits.add(decision.decision_id)
+            elif recorded.metadata.get("causation_id") not in splits:
+                continue
+            recovered.append(decision)
+        if not recovered:
+            return
+        for decision in recovered:
+            state.graph.apply(decision)
+            state.record_decision(decision)
+        log.warning("identity_splits_recovered", splits=len(splits), decisions=len(recovered))
+        await asyncio.to_thread(self._save_state, state, self._position)
 
     def _load(self) -> tuple[State, int]:
         metadata.create_all(self._engine)
@@ -399,8 +435,15 @@ class Resolver:
 
     def _save(self, position: int) -> None:
         assert self._state is not None
+        self._save_state(self._state, position)
+
+    def _saved_decisions(self, ids: Sequence[str]) -> set[str]:
+        with Session(self._engine) as session:
+            return saved_decision_ids(session, ids)
+
+    def _save_state(self, state: State, position: int) -> None:
         with Session(self._engine) as session, session.begin():
-            save_state(session, self._state)
+            save_state(session, state)
             session.execute(delete(checkpoints).where(checkpoints.c.name == CHECKPOINT))
             session.execute(insert(checkpoints).values(name=CHECKPOINT, position=position))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 
 from cdp.runtime import resources
 from services.identity import readmodel
+from services.identity.domain.decisions import Split
+from services.identity.domain.splits import split_identifier
+from services.identity.readmodel import State
 from services.identity.resolver import Resolver
 from tests.integration.identity.conftest import Harness, settings_for
 from tests.integration.identity.test_identity_grpc import T0
@@ -69,4 +73,49 @@ async def test_restarts_re_runs_and_a_tiny_cache_give_the_same_read_model(
         assert await log.store.head_position() == head
     finally:
         other.dispose()
+        engine.dispose()
+
+
+async def test_a_split_appended_but_not_saved_is_recovered_from_the_log(
+    log: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await collect_people(log, range(0, 5), random.Random(1))
+    await log.resolver.catch_up()
+    user, device = log.ids("user_id", "u3"), log.ids("anonymous_id", "device-3")
+
+    def build(state: State) -> Split:
+        profile = state.graph.profile_of(user)
+        assert profile is not None
+        return split_identifier(
+            state.graph,
+            profile,
+            device,
+            decision_id=str(uuid.uuid4()),
+            new_profile=str(uuid.uuid4()),
+            reason="shared",
+            prevent_relink=False,
+            at=T0,
+        )
+
+    def fail(position: int) -> None:
+        raise OSError("the read-model database went away")
+
+    monkeypatch.setattr(log.resolver, "_save", fail)  # the fault: after the split's append, before its save
+    with pytest.raises(OSError):
+        await log.resolver.split(build, "admin")
+    monkeypatch.undo()
+
+    engine = resources.read_model_engine(settings_for(tmp_path), "identity")
+    try:
+        restarted = Resolver(log.store, log.keyring, log.ids, engine)
+        state = await restarted.state()
+        assert state.graph.profile_of(device) not in (None, state.graph.profile_of(user))
+        recovered = await restarted.snapshot()
+        assert any('"split"' in row for row in recovered["identity_decisions"])
+        await restarted.rebuild()  # the log alone gives the same read model
+        assert await restarted.snapshot() == recovered
+        again = Resolver(log.store, log.keyring, log.ids, engine)  # and recovering twice changes nothing
+        await again.state()
+        assert await again.snapshot() == recovered
+    finally:
         engine.dispose()
