@@ -16,6 +16,7 @@ from services.identity.domain import decisions as d
 from services.identity.domain.graph import Graph
 from services.identity.domain.identifiers import (
     ANONYMOUS_ID,
+    PHONE_REGION,
     USER_ID,
     Hasher,
     Identity,
@@ -59,8 +60,12 @@ def identities_of(payload: Mapping[str, Any], rules: Rules, hasher: Hasher) -> t
 def identities_from(raws: Iterable[tuple[str, Any]], rules: Rules, hasher: Hasher) -> tuple[Identity, ...]:
     """`identities_of` for identifiers already extracted (`raw_identifiers`)."""
     found: dict[str, Identity] = {}
+    region: str | None = None
     for identifier_type, raw in raws:
-        value = normalise(identifier_type, raw) if raw is not None else None
+        if identifier_type == PHONE_REGION:
+            region = raw
+            continue
+        value = normalise(identifier_type, raw, region) if raw is not None else None
         if value is None or rules.is_blocked(identifier_type, value):
             continue
         identity = Identity(identifier_type, value, hasher(identifier_type, value))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from services.identity.domain.decider import identities_of
-from services.identity.domain.identifiers import normalise, raw_identifiers
+from services.identity.domain.identifiers import locale_region, normalise, raw_identifiers
 from services.identity.domain.rules import Rules, TypeRule, default_rules
+from services.identity.resolver import IdentitiesCache
 from tests.unit.identity.helpers import HASH
 
 
@@ -17,6 +18,36 @@ def test_phones_become_e164_and_unparseable_ones_are_not_identifiers() -> None:
     assert normalise("phone", "+44 20 7946 0958") == "+442079460958"
     assert normalise("phone", "555-0132") is None  # no country: cannot be put in E.164
     assert normalise("phone", "call me") is None
+
+
+def test_a_phone_without_country_code_is_read_in_the_region_of_the_message_locale() -> None:
+    payload = {"userId": "u1", "traits": {"phone": "(415) 555-0132"}, "context": {"locale": "en-US"}}
+    ids = identities_of(payload, default_rules(), HASH)
+    assert [(i.type, i.value) for i in ids] == [("user_id", "u1"), ("phone", "+14155550132")]
+    # A country code wins over the locale; a number invalid in the locale's region is still no identifier.
+    abroad = {**payload, "traits": {"phone": "+44 20 7946 0958"}}
+    assert [i.value for i in identities_of(abroad, default_rules(), HASH)][1:] == ["+442079460958"]
+    british = {**payload, "traits": {"phone": "020 7946 0958"}, "context": {"locale": "en_GB"}}
+    assert [i.value for i in identities_of(british, default_rules(), HASH)][1:] == ["+442079460958"]
+    without = {"userId": "u1", "traits": {"phone": "(415) 555-0132"}}
+    assert [i.type for i in identities_of(without, default_rules(), HASH)] == ["user_id"]
+    # The cache keys on the region too: the same digits under another locale are another number (or none).
+    cache = IdentitiesCache()
+    for case in (payload, british, without, {**payload, "context": {"locale": "en-GB"}}):
+        assert cache.identities(case, default_rules(), HASH) == identities_of(case, default_rules(), HASH)
+
+
+def test_locale_regions() -> None:
+    assert [locale_region(x) for x in ("en-US", "en_GB", "zh-Hans-CN", "de", "es-419", "en-ZZ", None, 7)] == [
+        "US",
+        "GB",
+        "CN",
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_user_and_anonymous_ids_are_compared_exactly_and_objects_never_identify() -> None:
