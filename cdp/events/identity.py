@@ -81,3 +81,5 @@ class ProfileSplit(DomainEvent, type_name="ProfileSplit"):
     """The LINK or MERGE decision this split undid; empty when an identifier was split off."""
     decided_at: datetime | None = None
     """When the operator's split was applied."""
+    automatic: bool = False
+    """Made by the rebuild that follows an operator's split (a profile it leaves empty redirects onward)."""

@@ -61,6 +61,7 @@ def to_event(decision: Decision) -> DomainEvent:
         prevent_relink=decision.prevent_relink,
         undone_decision_id=decision.undone,
         decided_at=decision.at,
+        automatic=decision.automatic,
     )
 
 
@@ -108,6 +109,7 @@ def from_event(decision_id: str, event: DomainEvent) -> Decision | None:
             event.prevent_relink,
             event.undone_decision_id,
             event.decided_at,
+            event.automatic,
         )
     return None
 

@@ -160,7 +160,7 @@ def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
         "decision_id": decision.decision_id,
         "profile_id": decision.profile,
         "decide_time": micros(at) if at is not None else None,
-        "manual": isinstance(decision, Split),
+        "manual": isinstance(decision, Split) and not decision.automatic,
         "explanation": "",
     }
     if isinstance(decision, Linked):

@@ -26,19 +26,30 @@ from cdp.eventlog.port import (
     NewEvent,
     RecordedEvent,
     StreamAppend,
+    StreamDeleted,
 )
 from cdp.eventlog.projection import TRANSIENT, checkpoint_metadata, checkpoints
 from cdp.events import DomainEvent, EventMetadata, from_recorded
 from cdp.events.governance import SubjectErased
 from cdp.events.identity import IdentityRulesSet
 from cdp.events.ingest import MessageCollected
+from cdp.events.streams import subject_stream
 from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from services.identity import codec
 from services.identity.domain.decider import Observation, decide, identities_from, previous_of
 from services.identity.domain.decisions import Decision, Rejected, Split
+from services.identity.domain.graph import Graph
 from services.identity.domain.history import History
-from services.identity.domain.identifiers import Hasher, Identity, e164, raw_identifiers
+from services.identity.domain.identifiers import (
+    ANONYMOUS_ID,
+    USER_ID,
+    Hasher,
+    Identity,
+    e164,
+    raw_identifiers,
+)
+from services.identity.domain.rebuild import Component, component, rebuild
 from services.identity.domain.rules import Rules, rules_from_json
 from services.identity.domain.splits import redecide, refusals_to_reconsider
 from services.identity.readmodel import (
@@ -59,6 +70,10 @@ CHECKPOINT = "identity-resolver"
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
 MESSAGES = EventFilter(event_types=("MessageCollected",))
 DECISIONS = EventFilter(event_types=codec.DECISION_TYPES)
+STREAM_TYPES = (USER_ID, ANONYMOUS_ID)
+"""The identifier types ingest files messages under (`subject-<subject id>`): every message names one."""
+REBUILD_LIMIT = 20_000
+"""Messages a split's rebuild may re-decide; beyond it only the refused messages are re-decided."""
 HASH_CACHE = 200_000
 IDENTITIES_CACHE = 100_000
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
@@ -227,11 +242,12 @@ class Resolver:
         return await self._ensure_state()
 
     async def split(self, build: Callable[[State], Split], actor: str) -> tuple[Split, list[Decision]]:
-        """Apply an operator's split built against the current state, then re-decide the messages whose
-        refusals it may lift; append the split and those decisions in one group commit, and save.
+        """Apply an operator's split built against the current state, then rebuild the profiles it affects
+        from their messages (`domain.rebuild`); append the split and the rebuild's decisions in one group
+        commit, and save.
 
-        Returns the split and the re-decisions (identifiers re-admitted, merges now allowed, refusals that
-        still stand), which follow the split in the log so that a replay reproduces them.
+        Returns the split and the rebuild's decisions (identifiers moved or re-admitted, refusals that still
+        stand), which follow the split in the log so that a replay reproduces them.
         """
         async with self._lock:
             state = await self._ensure_state()
@@ -239,33 +255,80 @@ class Resolver:
             try:
                 refusals = await asyncio.to_thread(self._refusals_around, state, decision.profile)
                 reconsidered = refusals_to_reconsider(state.graph, decision, refusals)
-                messages = await self._messages_at({r.cause_position for r in reconsidered})
-                observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
-                observed = [
-                    (recorded, obs)
-                    for recorded, event in messages
-                    if (obs := observer.observe(recorded, event)) is not None
-                ]
+                part = await self._component(state, decision, reconsidered)
+                fallback = (
+                    await self._observe_at(state, {r.cause_position for r in reconsidered})
+                    if part is None
+                    else []
+                )
                 state.graph.apply(decision)
                 state.record_decision(decision)
+                if part is not None:
+                    made = rebuild(state.graph, state.rules, decision, part)
+                else:
+                    made = redecide(state.graph, state.rules, decision, fallback)
+                for later in made:
+                    state.record_decision(later)
                 meta = EventMetadata(actor=actor)
-                appends = [StreamAppend(codec.stream_of(decision), [codec.new_event(decision, meta)])]
                 follow = EventMetadata(
                     actor=codec.ACTOR, correlation_id=meta.correlation_id, causation_id=decision.decision_id
                 )
-                redecided: list[Decision] = []
-                for _, obs in observed:
-                    again = redecide(state.graph, state.rules, decision, [obs])
-                    appends += [StreamAppend(stream, events) for stream, events in _runs(again, follow)]
-                    redecided += again
-                for made in redecided:
-                    state.record_decision(made)
-                await self._append([(a.stream, list(a.events)) for a in appends])
+                await self._append(
+                    [(codec.stream_of(decision), [codec.new_event(decision, meta)]), *_runs(made, follow)]
+                )
                 await asyncio.to_thread(self._save, self._position)
             except BaseException:
                 self._state = None
                 raise
-            return decision, redecided
+            return decision, made
+
+    async def _component(
+        self, state: State, split: Split, reconsidered: Sequence[Rejected]
+    ) -> Component | None:
+        """The profiles the split affects and their messages, read from the subject streams of their user and
+        anonymous ids (every message names one) while the component grows; None when it grows beyond
+        `REBUILD_LIMIT` messages. Messages the resolver has not reached yet are left to it."""
+        graph, refused = state.graph, {r.subject for r in reconsidered}
+        types = {r.subject: r.type for r in reconsidered}
+        observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
+        observed: dict[int, Observation] = {}
+        read: set[str] = set()
+        part = component(graph, split, refused, [])
+        while True:
+            wanted = [s for s in part.subjects if s not in read and _type_of(graph, types, s) in STREAM_TYPES]
+            if not wanted:
+                return part
+            read.update(wanted)
+            found: list[tuple[RecordedEvent, MessageCollected]] = []
+            for subject in sorted(wanted):
+                for recorded in await self._read_subject(subject):
+                    if recorded.type == "MessageCollected" and 0 < recorded.global_position <= self._position:
+                        event = codec.decode(recorded)
+                        if isinstance(event, MessageCollected) and recorded.global_position not in observed:
+                            found.append((recorded, event))
+            if len(observed) + len(found) > REBUILD_LIMIT:
+                log.warning("identity_split_rebuild_too_large", messages=len(observed) + len(found))
+                return None
+            await self._keyring.prefetch(event.subject_id for _, event in found)
+            for recorded, event in found:
+                obs = observer.observe(recorded, event)
+                if obs is not None:
+                    observed[recorded.global_position] = obs
+                    for identity in (*obs.identities, *(obs.previous or ())):
+                        types.setdefault(identity.subject, identity.type)
+            part = component(graph, split, refused, [observed[p] for p in sorted(observed)])
+
+    async def _read_subject(self, subject: str) -> list[RecordedEvent]:
+        try:
+            return await self._store.read_stream(subject_stream(subject))
+        except StreamDeleted:  # erased meanwhile
+            return []
+
+    async def _observe_at(self, state: State, positions: Iterable[int]) -> list[Observation]:
+        """The refused messages at these positions, observed (the fallback when a rebuild is too large)."""
+        observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
+        messages = await self._messages_at(positions)
+        return [obs for recorded, event in messages if (obs := observer.observe(recorded, event)) is not None]
 
     def _refusals_around(self, state: State, profile: str) -> list[Rejected]:
         """Refusals made by the profile (or a profile merged into it) or refusing to join it."""
@@ -451,6 +514,11 @@ class Resolver:
         metadata.drop_all(self._engine)
         metadata.create_all(self._engine)
         checkpoint_metadata.create_all(self._engine)
+
+
+def _type_of(graph: Graph, types: Mapping[str, str], subject: str) -> str | None:
+    link = graph.links.get(subject)
+    return link.type if link is not None else types.get(subject)
 
 
 def _decode(page: Sequence[RecordedEvent]) -> list[tuple[RecordedEvent, DomainEvent]]:

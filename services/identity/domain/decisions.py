@@ -69,6 +69,8 @@ class Split:
     prevent_relink: bool
     undone: str
     at: datetime | None = None
+    automatic: bool = False
+    """Made by the rebuild that follows an operator's split (a profile it leaves empty redirects onward)."""
 
 
 Decision = Linked | Merged | Rejected | Split

@@ -184,6 +184,17 @@ class Graph:
         self.redirects[d.merged] = d.profile
         self.dirty_profiles.update((d.profile, d.merged))
 
+    def _retire(self, profile: str, successor: str) -> None:
+        """A profile a rebuild left empty: its id (and operator separations) now lead to `successor`."""
+        node = self.nodes.pop(profile)
+        self.retired_merges[profile] = node.merges
+        self.redirects[profile] = successor
+        for other in node.no_relink:
+            if other in self.nodes and other != successor:
+                peer = self.nodes[other]
+                peer.no_relink = (peer.no_relink - {profile}) | {successor}
+                self.nodes[successor].no_relink |= {other}
+
     def _refuse(self, d: Rejected) -> None:
         node = self.nodes.get(d.profile)
         if node is not None:
@@ -207,9 +218,11 @@ class Graph:
             if not d.undone:
                 link.home = d.new_profile
             self.dirty_subjects.add(subject)
-        # The split may lift the rule behind any refusal the profile remembers: its refused messages are
-        # re-decided after the split (their decisions follow it in the log), refusing again what still fails.
+        # The split may lift the rule behind any refusal the profile remembers: its messages are re-decided
+        # after the split (their decisions follow it in the log), refusing again what still fails.
         self.nodes[live].refused = frozenset()
+        if d.automatic and not self.nodes[live].subjects:
+            self._retire(live, d.new_profile)
         if d.prevent_relink:
             target.no_relink |= {live}
             self.nodes[live].no_relink |= {d.new_profile}

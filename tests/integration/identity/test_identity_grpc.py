@@ -15,6 +15,7 @@ from cdp.events.governance import SubjectErased
 from cdp.events.streams import consent_stream
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.runtime.errors import field_violations
+from services.identity import resolver as resolver_module
 from tests.integration.identity.conftest import ADMIN, Harness
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
@@ -163,9 +164,10 @@ async def test_a_split_restores_two_profiles_and_prevent_relink_holds(harness: H
     assert [d.rule for d in refused] == [pb.DECISION_RULE_MANUAL_SPLIT]
 
 
-async def test_a_split_re_admits_what_the_split_link_had_crowded_out(harness: Harness) -> None:
-    """A kiosk's anonymous id filled user-9's fifth slot, so a sixth was refused; cutting the kiosk off
-    re-decides the refused message and the sixth joins, as if the kiosk had never been linked."""
+async def test_a_split_rebuilds_the_profiles_as_if_the_link_had_never_been_made(harness: Harness) -> None:
+    """A kiosk's anonymous id filled user-9's fifth slot, so a sixth (a5) was refused, and user-10 then claimed
+    it. Cutting the kiosk off rebuilds both profiles from their messages: a5 goes back to user-9, who had it
+    first, and user-10 is alone, exactly as if the kiosk had never been linked."""
     h = harness
     await h.collect("identify", at=T0, userId="user-9", anonymousId="kiosk")
     for n in range(1, 5):
@@ -179,6 +181,10 @@ async def test_a_split_re_admits_what_the_split_link_had_crowded_out(harness: Ha
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     refused = [d for d in await history(h, by(USER, "user-9")) if d.kind == pb.DECISION_KIND_REFUSE]
     assert [i.value for d in refused for i in d.identifiers] == ["a5"]
+    await h.collect("identify", at=T0 + timedelta(minutes=20), userId="user-10", anonymousId="a5")
+    await h.settle()
+    claimed = (await profile(h, by(USER, "user-10"))).profile
+    assert sorted(i.identifier.value for i in claimed.identifiers) == ["a5", "user-10"]
 
     reply = await h.stub.SplitProfile(
         pb.SplitProfileRequest(
@@ -198,18 +204,59 @@ async def test_a_split_re_admits_what_the_split_link_had_crowded_out(harness: Ha
     ]
     kiosk = (await profile(h, by(ANON, "kiosk"))).profile
     assert kiosk.profile_id == reply.new_profile_id != user.profile_id
+    other = (await profile(h, by(USER, "user-10"))).profile
+    assert other.profile_id == claimed.profile_id
+    assert [i.identifier.value for i in other.identifiers] == ["user-10"]
+    # Histories follow each message's highest-priority identifier: user-10's identify stays with user-10.
+    assert other.stats.message_counts == {"identify": 1}
 
-    # The merge history says so, in order: the refusal, the split, then the re-decided link.
+    # The merge histories say why: the rebuild moved a5 back (after the operator's split), and user-10's
+    # identify can no longer bring it over (a profile holds one user id).
+    steps = [
+        (d.kind, d.rule, [i.value for i in d.identifiers]) for d in await history(h, by(USER, "user-10"))
+    ]
+    assert steps[-2:] == [
+        (pb.DECISION_KIND_SPLIT, pb.DECISION_RULE_MANUAL_SPLIT, ["a5"]),
+        (pb.DECISION_KIND_REFUSE, pb.DECISION_RULE_VALUE_LIMIT, ["a5"]),
+    ]
+    moved = next(d for d in await history(h, by(USER, "user-10")) if d.kind == pb.DECISION_KIND_SPLIT)
+    assert "rebuilt" in moved.explanation and moved.new_profile_id == user.profile_id
+    mine = [(d.kind, [i.value for i in d.identifiers]) for d in await history(h, by(USER, "user-9"))]
+    assert (pb.DECISION_KIND_SPLIT, ["kiosk"]) in mine
+
+    # And the log alone rebuilds the same read model.
+    live = await h.resolver.snapshot()
+    await h.resolver.rebuild()
+    assert await h.resolver.snapshot() == live
+
+
+async def test_a_split_too_large_to_rebuild_still_re_decides_what_it_refused(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond `REBUILD_LIMIT` messages a split re-decides only the refused messages (the kiosk case still
+    comes out right; a claimed identifier would not be taken back)."""
+    monkeypatch.setattr(resolver_module, "REBUILD_LIMIT", 3)
+    h = harness
+    await h.collect("identify", at=T0, userId="user-9", anonymousId="kiosk")
+    for n in range(1, 6):
+        await h.collect(
+            "track", at=T0 + timedelta(minutes=n), event="Seen", userId="user-9", anonymousId=f"a{n}"
+        )
+    await h.settle()
+    await h.stub.SplitProfile(
+        pb.SplitProfileRequest(
+            profile=by(USER, "user-9"),
+            identifier=identity_pb2.Identifier(type=ANON, value="kiosk"),
+            reason="kiosk",
+        ),
+        metadata=ADMIN,
+    )
     after = [(d.kind, [i.value for i in d.identifiers]) for d in await history(h, by(USER, "user-9"))][-3:]
     assert after == [
         (pb.DECISION_KIND_REFUSE, ["a5"]),
         (pb.DECISION_KIND_SPLIT, ["kiosk"]),
         (pb.DECISION_KIND_LINK, ["a5"]),
     ]
-    # And the log alone rebuilds the same read model.
-    live = await h.resolver.snapshot()
-    await h.resolver.rebuild()
-    assert await h.resolver.snapshot() == live
 
 
 async def test_traits_are_last_write_wins_by_event_time_not_arrival(harness: Harness) -> None:

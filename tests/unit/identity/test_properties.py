@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pytest
 from hypothesis import Phase, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from services.identity.domain import decisions as d
 from services.identity.domain.decider import Observation, decide
 from services.identity.domain.graph import Graph
+from services.identity.domain.rebuild import component, rebuild
 from services.identity.domain.rules import Rules, TypeRule, default_rules
-from services.identity.domain.splits import redecide, refusals_to_reconsider, split_identifier, undo_merge
+from services.identity.domain.splits import refusals_to_reconsider, split_identifier, undo_merge
 from tests.unit.identity.helpers import T0, observe, subject
 
 RULES = Rules(
@@ -145,11 +145,11 @@ def split_then_replay(messages: list[Any], at: int, user: str) -> tuple[Graph, G
         )
         refused = [x for x in decided if isinstance(x, d.Rejected)]
         reconsidered = refusals_to_reconsider(graph, split, refused)
-        positions = {r.cause_position for r in reconsidered}
         claimed = any(graph.profile_of(r.subject) not in (None, profile) for r in reconsidered)
+        part = component(graph, split, {r.subject for r in reconsidered}, with_bridge)
         graph.apply(split)
         decided.append(split)
-        decided += redecide(graph, rules, split, [o for o in with_bridge if o.position in positions])
+        decided += rebuild(graph, rules, split, part)
     replayed = Graph()
     replayed.apply_all(decided)
     never_linked = observe(10_000, rules=rules, userId=user, minutes=at)
@@ -169,10 +169,9 @@ def test_split_then_replay_equals_the_graph_that_never_had_the_link(
     messages: list[Any], at: int, user: str
 ) -> None:
     replayed, expected, refusals, claimed = split_then_replay(messages, at, user)
-    # Known limit (see the strict xfail below): an identifier refused because of the link, then claimed by
-    # another profile before the split, stays there; that profile is not rebuilt.
-    assume(not claimed)
     event("the bridge caused refusals" if refusals else "the bridge caused no refusal")
+    if claimed:
+        event("an identifier refused because of the bridge was claimed by another profile")
     assert replayed.partition() == expected.partition() | {
         frozenset({subject("anonymous_id", "fresh-device")})
     }
@@ -227,11 +226,8 @@ def test_a_split_re_admits_identifiers_its_link_had_crowded_out(
     }
 
 
-# Known limit (reported in the identity issue's note): a5 is refused because the bridge's device filled u1's
-# anonymous slots, then u2's message claims it. After the split, re-deciding the refused message cannot take
-# a5 from u2 (merge protection), whereas without the link a5 would have stayed with u1 and u2 would be alone.
-# Rebuilding the claiming profile from its own messages would need an index of messages by identifier.
-@pytest.mark.xfail(strict=True, reason="a split does not rebuild a profile that claimed a refused identifier")
+# a5 is refused because the bridge's device filled u1's anonymous slots, then u2's message claims it. The
+# split rebuilds both profiles from their messages: without the link a5 stays with u1 and u2 is alone.
 @settings(phases=[Phase.explicit], deadline=None)
 @example(
     messages=[
