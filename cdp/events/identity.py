@@ -63,8 +63,8 @@ class MergeRejected(DomainEvent, type_name="MergeRejected"):
     """The subject id of that identifier."""
     decided_at: datetime | None = None
     """Event time of the causing message."""
-    causing_message_position: int = 0
-    """Global position of the causing message in the log (0: unknown), so a split can re-decide it."""
+    causing_message_position: int | None = None
+    """Global position of the causing message in the log (None: unknown, e.g. recorded before it was kept), so a split can re-decide it."""
 
 
 @dataclass(frozen=True, kw_only=True)

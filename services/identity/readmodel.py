@@ -83,8 +83,8 @@ decisions = Table(
     Column("other_profile_id", String(36), nullable=False, index=True),
     Column("identifiers", JSON, nullable=False),
     Column("cause_message_id", String(200), nullable=False),
-    # Where a refused message is in the log, to re-decide it after a split (0 for other decisions).
-    Column("cause_position", BigInteger, nullable=False),
+    # Where a refused message is in the log, to re-decide it after a split (null for other decisions).
+    Column("cause_position", BigInteger),
     Column("explanation", String(500), nullable=False),
     Column("manual", Boolean, nullable=False),
     Column("decide_time", BigInteger),
@@ -183,7 +183,7 @@ def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
         )
         row["explanation"] = decision.reason
     cause = "" if isinstance(decision, Split) else decision.cause
-    position = decision.cause_position if isinstance(decision, Rejected) else 0
+    position = decision.cause_position if isinstance(decision, Rejected) else None
     row.update(
         kind=kind,
         rule=rule,

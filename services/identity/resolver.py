@@ -302,7 +302,7 @@ class Resolver:
             found: list[tuple[RecordedEvent, MessageCollected]] = []
             for subject in sorted(wanted):
                 for recorded in await self._read_subject(subject):
-                    if recorded.type == "MessageCollected" and 0 < recorded.global_position <= self._position:
+                    if recorded.type == "MessageCollected" and recorded.global_position <= self._position:
                         event = codec.decode(recorded)
                         if isinstance(event, MessageCollected) and recorded.global_position not in observed:
                             found.append((recorded, event))
@@ -324,7 +324,7 @@ class Resolver:
         except StreamDeleted:  # erased meanwhile
             return []
 
-    async def _observe_at(self, state: State, positions: Iterable[int]) -> list[Observation]:
+    async def _observe_at(self, state: State, positions: Iterable[int | None]) -> list[Observation]:
         """The refused messages at these positions, observed (the fallback when a rebuild is too large)."""
         observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
         messages = await self._messages_at(positions)
@@ -339,10 +339,12 @@ class Resolver:
         rows += [r for r in state.new_decisions if r["kind"] == "refuse"]
         return [refusal_from_row(row) for row in rows]
 
-    async def _messages_at(self, positions: Iterable[int]) -> list[tuple[RecordedEvent, MessageCollected]]:
+    async def _messages_at(
+        self, positions: Iterable[int | None]
+    ) -> list[tuple[RecordedEvent, MessageCollected]]:
         """The collected messages at these log positions, in log order (erased ones are gone: skipped)."""
         found: list[tuple[RecordedEvent, MessageCollected]] = []
-        for position in sorted(p for p in positions if p > 0):
+        for position in sorted(p for p in positions if p is not None):
             page = await self._store.read_all(position - 1, limit=1, filter=MESSAGES)
             if page and page[0].global_position == position:
                 event = codec.decode(page[0])

@@ -43,8 +43,8 @@ class Observation:
     source_id: str = ""
     event_name: str | None = None
     traits: Mapping[str, Any] = field(default_factory=dict)
-    position: int = 0
-    """Where the message is in the log (0: unknown); refusals keep it so a split can re-decide them."""
+    position: int | None = None
+    """Where the message is in the log (None: unknown); refusals keep it so a split can re-decide them."""
 
     @property
     def attribution(self) -> str | None:

@@ -53,8 +53,8 @@ class Rejected:
     subject: str
     cause: str
     at: datetime | None = None
-    cause_position: int = 0
-    """Where the refused message is in the log (0: unknown), so a split can re-decide it."""
+    cause_position: int | None = None
+    """Where the refused message is in the log (None: unknown), so a split can re-decide it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ def observe(
         identities=identities_of(payload, rules, HASH),
         previous=previous,
         traits=payload.get("traits", {}) if message_type == "identify" else {},
-        position=n + 1,
+        position=n,
     )
 
 
