@@ -160,14 +160,20 @@ def decode(recorded: RecordedEvent) -> DomainEvent:
     hints field by field for each of the resolver's messages, which costs more than opening the payload.
     Anything unusual (older schema, long numbers, a body that does not fit) takes the catalog's path.
     """
-    if recorded.type != MessageCollected.type_name or _LONG_NUMBER.search(recorded.data):
+    if recorded.type != MessageCollected.type_name:
         return from_recorded(recorded)
-    if int(recorded.metadata.get("schema_version", "1")) != MessageCollected.version:
-        return from_recorded(recorded)
+    message = decode_message(recorded.data, recorded.metadata.get("schema_version", "1"))
+    return from_recorded(recorded) if message is None else message  # the catalog raises its error
+
+
+def decode_message(data: bytes, schema_version: str) -> MessageCollected | None:
+    """A `MessageCollected` body decoded directly; None when it is unusual (for the catalog's decoder)."""
+    if _LONG_NUMBER.search(data) or int(schema_version) != MessageCollected.version:
+        return None
     try:
-        return _message(orjson.loads(recorded.data))
+        return _message(orjson.loads(data))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return from_recorded(recorded)  # raises the catalog's error
+        return None
 
 
 def _message(body: dict[str, Any]) -> MessageCollected:
