@@ -6,11 +6,13 @@ import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdp.runtime import resources
 from services.identity import readmodel
+from services.identity import resolver as resolver_module
 from services.identity.resolver import Resolver
 from tests.integration.identity.conftest import Harness, settings_for
 from tests.integration.identity.test_identity_grpc import T0
@@ -70,3 +72,32 @@ async def test_restarts_re_runs_and_a_tiny_cache_give_the_same_read_model(
     finally:
         other.dispose()
         engine.dispose()
+
+
+async def test_opening_pages_in_a_worker_process_decides_the_same(
+    log: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await collect_people(log, range(0, 30), random.Random(7))
+    snapshots, heads = [], []
+    opened = 0
+    original = resolver_module.Observer.opened
+
+    def counting(self: resolver_module.Observer, *args: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(resolver_module.Observer, "opened", counting)
+    for name, pipelined in (("here", 10**9), ("worker", 1)):
+        monkeypatch.setattr(resolver_module, "PIPELINE_BATCH", pipelined)
+        engine = resources.read_model_engine(settings_for(tmp_path / name), "identity")
+        try:
+            resolver = Resolver(log.store, log.keyring, log.ids, engine, batch_size=20)
+            await resolver.catch_up()
+            snapshots.append(await resolver.snapshot())
+            heads.append(await log.store.head_position())
+        finally:
+            engine.dispose()
+    assert opened > 0  # the worker opened pages, and the resolver used them
+    assert snapshots[0] == snapshots[1]
+    assert heads[0] == heads[1]  # the same decisions: the second resolver's appends were all replays
