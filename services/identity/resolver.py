@@ -452,11 +452,10 @@ def _runs(decided: Iterable[Decision], meta: EventMetadata) -> list[tuple[str, l
     boundaries, and each part is recognised as already stored (idempotency by event id).
     """
     runs: list[tuple[str, list[NewEvent]]] = []
-    for decision in decided:
-        stream = codec.stream_of(decision)
+    for stream, event in codec.new_events(decided, meta):
         if not runs or runs[-1][0] != stream:
             runs.append((stream, []))
-        runs[-1][1].append(codec.new_event(decision, meta))
+        runs[-1][1].append(event)
     return runs
 
 
