@@ -219,9 +219,12 @@ class Resolver:
             return _Read(after, head, page, generation, None)
         rules = state.rules  # the generation and rules are taken before the keys, so a later erasure shows
         keys = await self._keyring.prefetch(message_subjects(page))
-        return _Read(
-            after, head, page, generation, opener.open_page(page_task(page, generation, rules, keys))
-        )
+        try:
+            opening = opener.open_page(page_task(page, generation, rules, keys))
+        except RuntimeError as error:  # the worker is gone (broken or shut down): open the page here
+            log.warning("identity_opener_failed", error=f"{type(error).__name__}: {error}")
+            opening = None
+        return _Read(after, head, page, generation, opening)
 
     async def _opened(self, read: _Read) -> _Opened | None:
         """The worker's result for a page (None without one, or if the worker failed: opened here then)."""
@@ -229,7 +232,12 @@ class Resolver:
             return None
         try:
             opened = await asyncio.wrap_future(read.opening)
-        except Exception as error:
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not read.opening.cancelled() or (task is not None and task.cancelling()):
+                raise  # this task is being cancelled, not just the worker's page
+            return None
+        except Exception as error:  # the worker failed (e.g. it died): the page is opened here instead
             log.warning("identity_opener_failed", error=f"{type(error).__name__}: {error}")
             return None
         return _Opened(read.generation, opened)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 from cdp.runtime import resources
 from services.identity import readmodel
 from services.identity import resolver as resolver_module
+from services.identity.prepare import OpenerProcess
 from services.identity.resolver import Resolver
 from tests.integration.identity.conftest import Harness, settings_for
 from tests.integration.identity.test_identity_grpc import T0
@@ -101,3 +104,19 @@ async def test_opening_pages_in_a_worker_process_decides_the_same(
     assert opened > 0  # the worker opened pages, and the resolver used them
     assert snapshots[0] == snapshots[1]
     assert heads[0] == heads[1]  # the same decisions: the second resolver's appends were all replays
+
+    def broken(self: OpenerProcess, task: Any) -> Future[Any]:
+        failed: Future[Any] = Future()
+        failed.set_exception(BrokenProcessPool("the worker died"))
+        return failed
+
+    monkeypatch.setattr(OpenerProcess, "open_page", broken)  # a worker that fails: pages are opened here
+    opened = 0
+    engine = resources.read_model_engine(settings_for(tmp_path / "broken"), "identity")
+    try:
+        resolver = Resolver(log.store, log.keyring, log.ids, engine, batch_size=20)
+        await resolver.catch_up()
+        assert await resolver.snapshot() == snapshots[0]
+    finally:
+        engine.dispose()
+    assert opened == 0 and await log.store.head_position() == heads[0]
