@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+import orjson
+
 from cdp.eventlog.port import (
     AppendResult,
     EventFilter,
@@ -219,8 +221,14 @@ def encode_metadata(metadata: Mapping[str, str]) -> str:
 
 
 def decode_metadata(text: str | None) -> Mapping[str, str]:
-    """The inverse of encode_metadata."""
-    return json.loads(text) if text and text != "{}" else {}
+    """The inverse of encode_metadata (read for every event: orjson, unless it refuses the text)."""
+    if not text or text == "{}":
+        return {}
+    try:
+        decoded: Mapping[str, str] = orjson.loads(text)
+    except orjson.JSONDecodeError:  # e.g. an escaped lone surrogate, which json accepts
+        return json.loads(text)  # type: ignore[no-any-return]
+    return decoded
 
 
 def first_visible_position(version: int | None, metadata: StreamMetadata) -> int:

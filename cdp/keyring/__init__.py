@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cdp.keyring.cache import KeyCache, SubjectKeys
 from cdp.keyring.errors import DecryptionFailed, KeyringError, MasterKeyError, SubjectErased
-from cdp.keyring.keyring import Keyring
+from cdp.keyring.keyring import Keyring, decrypt_value_with
 from cdp.keyring.master import (
     MasterKey,
     MasterKeys,
@@ -33,6 +33,7 @@ __all__ = [
     "SubjectKeys",
     "WrappedKey",
     "check_subject_id",
+    "decrypt_value_with",
     "generate_key_file",
     "generate_master_key_text",
     "is_subject_id",

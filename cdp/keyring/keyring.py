@@ -88,11 +88,7 @@ class Keyring:
 
     def decrypt_value(self, subject: str, token: str, *, context: str) -> Any:
         """The JSON value `encrypt_value` sealed with the same subject and context."""
-        try:
-            ciphertext = base64.b64decode(token, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise DecryptionFailed("encrypted value is not base64") from error
-        return _parse(self.decrypt(subject, ciphertext, aad=context.encode()))
+        return _parse(self.decrypt(subject, _unbase64(token), aad=context.encode()))
 
     def encrypt_fields(
         self, subject: str, mapping: Mapping[str, Any], fields: Iterable[str], *, context: str
@@ -184,6 +180,26 @@ class Keyring:
             for k in state.keys
         }
         return SubjectKeys(subject, keys=keys)
+
+
+def decrypt_value_with(keys: SubjectKeys, token: str, *, context: str) -> Any:
+    """`Keyring.decrypt_value` given the subject's keys (already fetched, e.g. by another process).
+
+    Raises as the keyring does: SubjectErased once shredded, DecryptionFailed for anything that does not open.
+    """
+    ciphertext = _unbase64(token)
+    version = cipher.key_version(ciphertext)
+    key = keys.key(version)
+    if key is None:
+        raise DecryptionFailed(f"no data key version {version} for this subject")
+    return _parse(cipher.open_sealed(key, keys.subject, ciphertext, context.encode()))
+
+
+def _unbase64(token: str) -> bytes:
+    try:
+        return base64.b64decode(token, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise DecryptionFailed("encrypted value is not base64") from error
 
 
 def _json(value: Any) -> bytes:

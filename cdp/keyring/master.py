@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import secrets
@@ -26,9 +27,12 @@ class MasterKey:
         if len(self.key) != KEY_BYTES:
             raise MasterKeyError(f"a master key is {KEY_BYTES} bytes, got {len(self.key)}")
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
-        """A short fingerprint; it identifies the key during rotation and reveals nothing usable."""
+        """A short fingerprint; it identifies the key during rotation and reveals nothing usable.
+
+        Cached: every data key unwrapped looks its master key up by id.
+        """
         return hashlib.sha256(b"cdp.master-key-id.v1\x00" + self.key).hexdigest()[:16]
 
 

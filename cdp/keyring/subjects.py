@@ -27,6 +27,10 @@ class SubjectIds:
         self._key = key
         self._recent: dict[tuple[str, str], str] = {}
 
+    def __reduce__(self) -> tuple[type[SubjectIds], tuple[bytes]]:
+        """Pickled as the secret alone: the answers it remembers are clear values and stay behind."""
+        return SubjectIds, (self._key,)
+
     def __call__(self, identifier_type: str, value: str) -> str:
         """The subject id of one identifier; callers normalise the value first (case, whitespace)."""
         # The same people come back again and again: remembering recent answers saves two HMACs a message.

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import structlog
 from sqlalchemy import Engine, delete, insert, select
@@ -37,21 +38,22 @@ from cdp.events.streams import subject_stream
 from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from services.identity import codec
-from services.identity.domain.decider import Observation, decide, identities_from, previous_of
+from services.identity.domain.decider import Observation, decide, previous_of
 from services.identity.domain.decisions import Decision, Rejected, Split
 from services.identity.domain.graph import Graph
 from services.identity.domain.history import History
-from services.identity.domain.identifiers import (
-    ANONYMOUS_ID,
-    USER_ID,
-    Hasher,
-    Identity,
-    e164,
-    raw_identifiers,
-)
+from services.identity.domain.identifiers import ANONYMOUS_ID, USER_ID, Hasher, e164
 from services.identity.domain.rebuild import Component, component, rebuild
-from services.identity.domain.rules import Rules, rules_from_json
+from services.identity.domain.rules import rules_from_json
 from services.identity.domain.splits import redecide, refusals_to_reconsider
+from services.identity.prepare import (
+    HashCache,
+    IdentitiesCache,
+    Opened,
+    OpenerProcess,
+    message_subjects,
+    page_task,
+)
 from services.identity.readmodel import (
     State,
     dumps,
@@ -67,6 +69,8 @@ from services.identity.readmodel import (
 log = structlog.get_logger(__name__)
 
 CHECKPOINT = "identity-resolver"
+PIPELINE_BATCH = 500
+"""Pages at least this large are opened a page ahead in a worker process (smaller ones are not worth it)."""
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
 MESSAGES = EventFilter(event_types=("MessageCollected",))
 DECISIONS = EventFilter(event_types=codec.DECISION_TYPES)
@@ -74,40 +78,7 @@ STREAM_TYPES = (USER_ID, ANONYMOUS_ID)
 """The identifier types ingest files messages under (`subject-<subject id>`): every message names one."""
 REBUILD_LIMIT = 20_000
 """Messages a split's rebuild may re-decide; beyond it only the refused messages are re-decided."""
-HASH_CACHE = 200_000
-IDENTITIES_CACHE = 100_000
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
-
-
-class IdentitiesCache:
-    """A message's usable identifiers by its raw identifier values, under one rule set.
-
-    A person's messages mostly carry the same identifiers, so normalising, checking and hashing them once
-    saves most of observing. Bounded, and to be cleared with the subject-id cache (it maps clear values).
-    """
-
-    def __init__(self) -> None:
-        self.rules: Rules | None = None
-        self.found: dict[tuple[tuple[str, Any], ...], tuple[Identity, ...]] = {}
-
-    def identities(self, payload: Mapping[str, Any], rules: Rules, hasher: Hasher) -> tuple[Identity, ...]:
-        """`identities_of(payload, rules, hasher)`, cached when every raw value is a string or absent."""
-        raws = tuple(raw_identifiers(payload))
-        # Only strings and None: 1, 1.0 and True are equal keys but do not normalise alike.
-        if not all(type(raw) is str or raw is None for _, raw in raws):
-            return identities_from(raws, rules, hasher)
-        if rules is not self.rules:
-            self.rules, self.found = rules, {}
-        found = self.found.get(raws)
-        if found is None:
-            if len(self.found) >= IDENTITIES_CACHE:
-                self.found.clear()
-            found = self.found[raws] = identities_from(raws, rules, hasher)
-        return found
-
-    def clear(self) -> None:
-        """Forget everything (after an erasure)."""
-        self.found.clear()
 
 
 class Observer:
@@ -122,19 +93,8 @@ class Observer:
         identities: IdentitiesCache | None = None,
     ) -> None:
         self.state, self.keyring = state, keyring
-        self._hasher, self._cache = hasher, {} if cache is None else cache
         self._identities = IdentitiesCache() if identities is None else identities
-        self.hasher: Hasher = self._hash
-
-    def _hash(self, identifier_type: str, value: str) -> str:
-        """Subject ids, cached: a person's identifiers recur in most of their messages (HMAC is not free)."""
-        key = (identifier_type, value)
-        found = self._cache.get(key)
-        if found is None:
-            if len(self._cache) >= HASH_CACHE:
-                self._cache.clear()  # bounded; a clear is cheaper than LRU bookkeeping per lookup
-            found = self._cache[key] = self._hasher(identifier_type, value)
-        return found
+        self.hasher: Hasher = HashCache(hasher, cache)
 
     def observe(self, recorded: RecordedEvent, event: MessageCollected) -> Observation | None:
         """Open the message and remember its identifier values (`record` adds it to history); None if shredded."""
@@ -158,6 +118,26 @@ class Observer:
             source_id=event.source_id,
             event_name=event.event_name,
             traits=traits if isinstance(traits, dict) else {},
+            position=recorded.global_position,
+        )
+
+    def opened(self, recorded: RecordedEvent, message: Opened) -> Observation | None:
+        """`observe` of a message a worker opened (`prepare`); None if shredded."""
+        ids, previous = message.identities, message.previous
+        if ids is None:
+            return None
+        for identity in (*ids, *(previous or ())):
+            self.state.remember_value(identity.subject, identity.type, identity.value)
+        return Observation(
+            event_id=str(recorded.id),
+            message_id=message.message_id,
+            message_type=message.message_type,
+            timestamp=message.timestamp,
+            identities=ids,
+            previous=previous,
+            source_id=message.source_id,
+            event_name=message.event_name,
+            traits=message.traits,
             position=recorded.global_position,
         )
 
@@ -201,6 +181,9 @@ class Resolver:
         self._position = START
         self._scanned = START
         self._advanced = asyncio.Condition()
+        self._opener: OpenerProcess | None = None
+        self._generation = 0
+        """Changes with the rules or an erasure: pages opened by the worker before then are not used."""
 
     @property
     def position(self) -> int:
@@ -218,19 +201,82 @@ class Resolver:
                 await asyncio.sleep(1.0)
 
     async def catch_up(self) -> int:
-        """Process everything up to the head of the log; returns the checkpoint."""
+        """Process everything up to the head of the log; returns the checkpoint.
+
+        With a backlog (full pages), the next page is read, its keys prefetched and its messages opened in a
+        worker process (`prepare`) while this one is decided and saved.
+        """
         await self._ensure_state()
-        while True:
-            head = await self._store.head_position()
-            page = await self._store.read_all(self._position, limit=self._batch_size, filter=LIVE)
-            if page:
-                await self._process(page)
-            if len(page) < self._batch_size:
-                # Nothing this resolver reads is left up to `head` (its own decisions included).
-                async with self._advanced:
-                    self._scanned = max(self._scanned, head)
-                    self._advanced.notify_all()
-                return self._position
+        ahead: asyncio.Future[_Read] = asyncio.ensure_future(self._read(self._position))
+        try:
+            while True:
+                read = await ahead
+                if read.after != self._position:  # the checkpoint moved meanwhile (a rebuild): read again
+                    read = await self._read(self._position)
+                page = read.page
+                full = len(page) >= self._batch_size
+                if full:
+                    self._start_opener()
+                    ahead = asyncio.ensure_future(self._read(page[-1].global_position))
+                if page:
+                    await self._process(page, await self._opened(read))
+                if not full:
+                    # Nothing this resolver reads is left up to `head` (its own decisions included).
+                    async with self._advanced:
+                        self._scanned = max(self._scanned, read.head)
+                        self._advanced.notify_all()
+                    return self._position
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+            elif not ahead.cancelled():
+                ahead.exception()  # retrieved: a failed read-ahead nobody used is not worth a warning
+            self._stop_opener()
+
+    async def _read(self, after: int) -> _Read:
+        """A page after `after`, with the head before it; handed to the worker to open when one runs."""
+        head = await self._store.head_position()
+        page = await self._store.read_all(after, limit=self._batch_size, filter=LIVE)
+        opener, state, generation = self._opener, self._state, self._generation
+        if opener is None or state is None or not page:
+            return _Read(after, head, page, generation, None)
+        rules = state.rules  # the generation and rules are taken before the keys, so a later erasure shows
+        keys = await self._keyring.prefetch(message_subjects(page))
+        try:
+            opening = opener.open_page(page_task(page, generation, rules, keys))
+        except RuntimeError as error:  # the worker is gone (broken or shut down): open the page here
+            log.warning("identity_opener_failed", error=f"{type(error).__name__}: {error}")
+            opening = None
+        return _Read(after, head, page, generation, opening)
+
+    async def _opened(self, read: _Read) -> _Opened | None:
+        """The worker's result for a page (None without one, or if the worker failed: opened here then)."""
+        if read.opening is None:
+            return None
+        try:
+            opened = await asyncio.wrap_future(read.opening)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not read.opening.cancelled() or (task is not None and task.cancelling()):
+                raise  # this task is being cancelled, not just the worker's page
+            return None
+        except Exception as error:  # the worker failed (e.g. it died): the page is opened here instead
+            log.warning("identity_opener_failed", error=f"{type(error).__name__}: {error}")
+            return None
+        return _Opened(read.generation, opened)
+
+    def _start_opener(self) -> None:
+        if (
+            self._opener is None
+            and self._batch_size >= PIPELINE_BATCH
+            and OpenerProcess.can_take(self._hasher)
+        ):
+            self._opener = OpenerProcess(self._hasher)
+
+    def _stop_opener(self) -> None:
+        if self._opener is not None:
+            self._opener.close()
+            self._opener = None
 
     async def wait_for(self, position: int, within: float = 10.0) -> None:
         """Return once the resolver has processed the log up to `position` (TimeoutError after `within` s)."""
@@ -360,6 +406,7 @@ class Resolver:
             await asyncio.to_thread(self._reset)
             state = State()
             self._state = state
+            self._generation += 1
             await replay(self._store, Observer(state, self._keyring, self._hasher), frontier=frontier)
             await asyncio.to_thread(self._save, frontier)
             state.persisted = True
@@ -385,12 +432,16 @@ class Resolver:
             if recorded.global_position > self._position:
                 await self.catch_up()
 
-    async def _process(self, page: Sequence[RecordedEvent]) -> None:
+    async def _process(self, page: Sequence[RecordedEvent], opened: _Opened | None = None) -> None:
         """Decide a page, append its decisions in order, save the state and the checkpoint."""
         async with self._lock:
             state = await self._ensure_state()
             try:
-                decoded = await asyncio.to_thread(_decode, page)
+                # Opened under other rules or before an erasure: open everything here instead.
+                usable = (
+                    opened.messages if opened is not None and opened.generation == self._generation else None
+                )
+                decoded = await asyncio.to_thread(_decode, page, usable)
                 await self._keyring.prefetch(
                     e.subject_id for _, e in decoded if isinstance(e, MessageCollected)
                 )
@@ -414,15 +465,21 @@ class Resolver:
             raise failed  # deterministic ids make a retry idempotent: a conflict here is a bug, not a race
 
     def _decide(
-        self, state: State, decoded: Sequence[tuple[RecordedEvent, DomainEvent]]
+        self, state: State, decoded: Sequence[tuple[RecordedEvent, DomainEvent | Opened]]
     ) -> list[tuple[str, list[NewEvent]]]:
         """In a worker thread: observe and decide each event; decisions grouped in runs of one stream."""
         observer = Observer(state, self._keyring, self._hasher, self._hashes, self._identities)
         runs: list[tuple[str, list[NewEvent]]] = []
         observed: list[Observation] = []
+        generation = self._generation
         for recorded, event in decoded:
-            if isinstance(event, MessageCollected):
-                obs = observer.observe(recorded, event)
+            if isinstance(event, Opened) and generation != self._generation:
+                event = codec.decode(recorded)  # opened before this page changed the rules or erased someone
+            if isinstance(event, Opened | MessageCollected):
+                if isinstance(event, Opened):
+                    obs = observer.opened(recorded, event)
+                else:
+                    obs = observer.observe(recorded, event)
                 if obs is not None:
                     observed.append(obs)
                     decided = decide(state.graph, state.rules, obs)
@@ -432,12 +489,16 @@ class Resolver:
                         state.record_decision(decision)
             elif isinstance(event, IdentityRulesSet):
                 observer.set_rules(event, recorded.stream_position + 1)
+                self._generation += 1
             elif isinstance(event, SubjectErased):
                 state.erase(event.subject_id)
                 self._keyring.evict(event.subject_id)
+                self._generation += 1  # after the eviction: a page opened from now on fetches keys afresh
                 self._hashes.clear()  # these map clear values: keep none of an erased person's in memory
                 self._identities.clear()
                 e164.cache_clear()
+                if self._opener is not None:
+                    self._opener.clear()
         # Histories are recorded after deciding, once the batch's missing ones are read in one go.
         with Session(self._engine) as session:
             load_histories(session, state, [o.attribution for o in observed if o.attribution])
@@ -451,6 +512,7 @@ class Resolver:
         loaded, self._position = await asyncio.to_thread(self._load)
         await self._recover_splits(loaded)
         self._state = loaded
+        self._generation += 1
         return loaded
 
     async def _recover_splits(self, state: State) -> None:
@@ -523,8 +585,37 @@ def _type_of(graph: Graph, types: Mapping[str, str], subject: str) -> str | None
     return link.type if link is not None else types.get(subject)
 
 
-def _decode(page: Sequence[RecordedEvent]) -> list[tuple[RecordedEvent, DomainEvent]]:
-    return [(recorded, codec.decode(recorded)) for recorded in page]
+def _decode(
+    page: Sequence[RecordedEvent], opened: Sequence[Opened | None] | None
+) -> list[tuple[RecordedEvent, DomainEvent | Opened]]:
+    """Each event decoded, or as the worker opened it (`opened`: one entry per message of the page)."""
+    if opened is None:
+        return [(recorded, codec.decode(recorded)) for recorded in page]
+    messages = iter(opened)
+    decoded: list[tuple[RecordedEvent, DomainEvent | Opened]] = []
+    for recorded in page:
+        found = next(messages) if recorded.type == MessageCollected.type_name else None
+        decoded.append((recorded, codec.decode(recorded) if found is None else found))
+    return decoded
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A page read after `after` (with the head before it), and the worker opening its messages."""
+
+    after: int
+    head: int
+    page: Sequence[RecordedEvent]
+    generation: int
+    opening: Future[list[Opened | None]] | None
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A page's messages as the worker opened them, under the resolver's `generation` of rules and keys."""
+
+    generation: int
+    messages: list[Opened | None]
 
 
 def _runs(decided: Iterable[Decision], meta: EventMetadata) -> list[tuple[str, list[NewEvent]]]:
@@ -534,11 +625,10 @@ def _runs(decided: Iterable[Decision], meta: EventMetadata) -> list[tuple[str, l
     boundaries, and each part is recognised as already stored (idempotency by event id).
     """
     runs: list[tuple[str, list[NewEvent]]] = []
-    for decision in decided:
-        stream = codec.stream_of(decision)
+    for stream, event in codec.new_events(decided, meta):
         if not runs or runs[-1][0] != stream:
             runs.append((stream, []))
-        runs[-1][1].append(codec.new_event(decision, meta))
+        runs[-1][1].append(event)
     return runs
 
 

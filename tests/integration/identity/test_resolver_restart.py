@@ -5,15 +5,20 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdp.runtime import resources
 from services.identity import readmodel
+from services.identity import resolver as resolver_module
 from services.identity.domain.decisions import Split
 from services.identity.domain.splits import split_identifier
+from services.identity.prepare import OpenerProcess
 from services.identity.readmodel import State
 from services.identity.resolver import Resolver
 from tests.integration.identity.conftest import Harness, settings_for
@@ -119,3 +124,48 @@ async def test_a_split_appended_but_not_saved_is_recovered_from_the_log(
         assert await again.snapshot() == recovered
     finally:
         engine.dispose()
+
+
+async def test_opening_pages_in_a_worker_process_decides_the_same(
+    log: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await collect_people(log, range(0, 30), random.Random(7))
+    snapshots, heads = [], []
+    opened = 0
+    original = resolver_module.Observer.opened
+
+    def counting(self: resolver_module.Observer, *args: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(resolver_module.Observer, "opened", counting)
+    for name, pipelined in (("here", 10**9), ("worker", 1)):
+        monkeypatch.setattr(resolver_module, "PIPELINE_BATCH", pipelined)
+        engine = resources.read_model_engine(settings_for(tmp_path / name), "identity")
+        try:
+            resolver = Resolver(log.store, log.keyring, log.ids, engine, batch_size=20)
+            await resolver.catch_up()
+            snapshots.append(await resolver.snapshot())
+            heads.append(await log.store.head_position())
+        finally:
+            engine.dispose()
+    assert opened > 0  # the worker opened pages, and the resolver used them
+    assert snapshots[0] == snapshots[1]
+    assert heads[0] == heads[1]  # the same decisions: the second resolver's appends were all replays
+
+    def broken(self: OpenerProcess, task: Any) -> Future[Any]:
+        failed: Future[Any] = Future()
+        failed.set_exception(BrokenProcessPool("the worker died"))
+        return failed
+
+    monkeypatch.setattr(OpenerProcess, "open_page", broken)  # a worker that fails: pages are opened here
+    opened = 0
+    engine = resources.read_model_engine(settings_for(tmp_path / "broken"), "identity")
+    try:
+        resolver = Resolver(log.store, log.keyring, log.ids, engine, batch_size=20)
+        await resolver.catch_up()
+        assert await resolver.snapshot() == snapshots[0]
+    finally:
+        engine.dispose()
+    assert opened == 0 and await log.store.head_position() == heads[0]

@@ -49,6 +49,15 @@ def test_every_decision_round_trips_through_its_event(decision: d.Decision) -> N
     assert codec.from_event(str(new.id), from_recorded(recorded)) == decision
 
 
+def test_a_messages_decisions_encode_together_as_one_by_one() -> None:
+    together = codec.new_events(DECISIONS, META)
+    assert together == [
+        (codec.stream_of(x), codec.to_event(x).to_new_event(META, id=e.id))
+        for x, (_, e) in zip(DECISIONS, together, strict=True)
+    ]
+    assert [e.id for _, e in together] == [uuid.UUID(x.decision_id) for x in DECISIONS]
+
+
 def _recorded(body: bytes, *, event_type: str = "MessageCollected", version: str = "1") -> RecordedEvent:
     meta = {**META.to_mapping(1), "schema_version": version}
     return RecordedEvent(uuid.uuid4(), "subject-x", 0, 0, event_type, body, meta, T0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.identity.domain.decider import identities_of
 from services.identity.domain.identifiers import locale_region, normalise, raw_identifiers
 from services.identity.domain.rules import Rules, TypeRule, default_rules
-from services.identity.resolver import IdentitiesCache
+from services.identity.prepare import IdentitiesCache
 from tests.unit.identity.helpers import HASH
 
 

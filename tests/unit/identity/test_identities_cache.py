@@ -8,7 +8,7 @@ import pytest
 
 from services.identity.domain.decider import identities_of
 from services.identity.domain.rules import Rules, TypeRule, default_rules
-from services.identity.resolver import IdentitiesCache
+from services.identity.prepare import IdentitiesCache
 from tests.unit.identity.helpers import HASH
 
 PAYLOADS: list[dict[str, Any]] = [

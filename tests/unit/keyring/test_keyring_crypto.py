@@ -16,6 +16,7 @@ from cdp.keyring import (
     MasterKeys,
     SubjectErased,
     SubjectIds,
+    decrypt_value_with,
     parse_master_key,
 )
 from cdp.keyring.cipher import key_version
@@ -108,3 +109,24 @@ async def test_prefetch_fills_the_cache_from_a_thread() -> None:
     keys = await ring.prefetch([ALICE, BOB])
     assert set(keys) == {ALICE, BOB}
     assert ring.data_keys([ALICE])[ALICE] is keys[ALICE]
+
+
+@given(value=json_values, context=st.text(max_size=20))
+def test_decrypting_with_fetched_keys_equals_the_keyring(value: Any, context: str) -> None:
+    token = RING.encrypt_value(ALICE, value, context=context)
+    keys = RING.data_keys([ALICE])[ALICE]
+    assert decrypt_value_with(keys, token, context=context) == RING.decrypt_value(
+        ALICE, token, context=context
+    )
+
+
+def test_decrypting_with_fetched_keys_fails_as_the_keyring_does() -> None:
+    ring = Keyring(InMemoryKeyStore(), MASTER)
+    token = ring.encrypt_value(ALICE, {"a": 1}, context="c")
+    keys = ring.data_keys([ALICE, BOB])
+    for bad in (token, "not base64!", token[:-4] + "AAAA"):
+        with pytest.raises(DecryptionFailed):
+            decrypt_value_with(keys[BOB] if bad == token else keys[ALICE], bad, context="c")
+    ring.shred(ALICE)
+    with pytest.raises(SubjectErased):
+        decrypt_value_with(ring.data_keys([ALICE])[ALICE], token, context="c")

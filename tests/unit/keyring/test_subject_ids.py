@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from cdp.keyring import SubjectIds, check_subject_id, is_subject_id
@@ -39,3 +41,11 @@ def test_check_subject_id_rejects_raw_identifiers() -> None:
     with pytest.raises(ValueError):
         check_subject_id("jane@example.com")
     assert check_subject_id("0" * 32) == "0" * 32
+
+
+def test_pickles_as_its_secret_without_the_values_it_remembers() -> None:
+    ids = SubjectIds("unit-test-subject-secret-0123456789")
+    answer = ids("email", "jane@example.com")
+    copy = pickle.loads(pickle.dumps(ids))
+    assert b"jane" not in pickle.dumps(ids)
+    assert copy("email", "jane@example.com") == answer
