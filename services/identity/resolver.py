@@ -74,6 +74,7 @@ PIPELINE_BATCH = 500
 LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "SubjectErased"))
 MESSAGES = EventFilter(event_types=("MessageCollected",))
 DECISIONS = EventFilter(event_types=codec.DECISION_TYPES)
+SPLITS = EventFilter(event_types=("ProfileSplit",))
 STREAM_TYPES = (USER_ID, ANONYMOUS_ID)
 """The identifier types ingest files messages under (`subject-<subject id>`): every message names one."""
 REBUILD_LIMIT = 20_000
@@ -523,29 +524,38 @@ class Resolver:
         last commit is the one the split was made against; message decisions are re-derived by re-deciding,
         but a split is not, so it is taken from the log. A split of a profile erased since is left alone.
         """
-        after, found = self._position, list[tuple[RecordedEvent, Decision]]()
+        # Nearly always there is no split after the checkpoint: look for splits alone first (cheap).
+        after, splits = self._position, dict[str, tuple[int, Split]]()
+        while page := await self._store.read_all(after, limit=self._batch_size, filter=SPLITS):
+            after = page[-1].global_position
+            for recorded in page:
+                decision = _decision(recorded)
+                if isinstance(decision, Split) and not decision.automatic:
+                    splits[decision.decision_id] = (recorded.global_position, decision)
+        if not splits:
+            return
+        saved = await asyncio.to_thread(self._saved_decisions, list(splits))
+        missed = {
+            split_id: position
+            for split_id, (position, split) in splits.items()
+            if split_id not in saved and state.graph.resolve(split.profile) is not None
+        }
+        if not missed:
+            return
+        after, recovered = min(missed.values()) - 1, list[Decision]()
         while page := await self._store.read_all(after, limit=self._batch_size, filter=DECISIONS):
             after = page[-1].global_position
-            found += [(r, d) for r in page if (d := _decision(r)) is not None]
-        candidates = [d.decision_id for _, d in found if isinstance(d, Split)]
-        if not candidates:
-            return
-        saved = await asyncio.to_thread(self._saved_decisions, candidates)
-        recovered, splits = list[Decision](), set[str]()
-        for recorded, decision in found:
-            if isinstance(decision, Split):
-                if decision.decision_id in saved or state.graph.resolve(decision.profile) is None:
-                    continue
-                splits.add(decision.decision_id)
-            elif recorded.metadata.get("causation_id") not in splits:
-                continue
-            recovered.append(decision)
+            for recorded in page:
+                decision = _decision(recorded)
+                own = isinstance(decision, Split) and decision.decision_id in missed
+                if decision is not None and (own or recorded.metadata.get("causation_id") in missed):
+                    recovered.append(decision)
         if not recovered:
             return
         for decision in recovered:
             state.graph.apply(decision)
             state.record_decision(decision)
-        log.warning("identity_splits_recovered", splits=len(splits), decisions=len(recovered))
+        log.warning("identity_splits_recovered", splits=len(missed), decisions=len(recovered))
         await asyncio.to_thread(self._save_state, state, self._position)
 
     def _load(self) -> tuple[State, int]:
