@@ -106,24 +106,24 @@ class Observer:
         rules = self.state.rules
         ids = self._identities.identities(payload, rules, self.hasher)
         previous = previous_of(payload, rules, self.hasher) if event.message_type == "alias" else None
-        for identity in (*ids, *(previous or ())):
-            self.state.remember_value(identity.subject, identity.type, identity.value)
         traits = payload.get("traits") if event.message_type == "identify" else None
-        return Observation(
-            event_id=str(recorded.id),
-            message_id=event.message_id,
-            message_type=event.message_type,
-            timestamp=event.timestamp,
-            identities=ids,
-            previous=previous,
-            source_id=event.source_id,
-            event_name=event.event_name,
-            traits=traits if isinstance(traits, dict) else {},
-            position=recorded.global_position,
+        opened = Opened(
+            event.message_id,
+            event.message_type,
+            event.timestamp,
+            event.source_id,
+            event.event_name,
+            ids,
+            previous,
+            traits if isinstance(traits, dict) else {},
         )
+        return self._observation(recorded, opened)
 
     def opened(self, recorded: RecordedEvent, message: Opened) -> Observation | None:
         """`observe` of a message a worker opened (`prepare`); None if shredded."""
+        return self._observation(recorded, message)
+
+    def _observation(self, recorded: RecordedEvent, message: Opened) -> Observation | None:
         ids, previous = message.identities, message.previous
         if ids is None:
             return None

@@ -29,6 +29,7 @@ from services.identity.domain import decisions as d
 from services.identity.domain.decider import DECISION_NAMESPACE, Observation, decide
 from services.identity.domain.graph import Graph
 from services.identity.domain.rules import Rules
+from services.identity.domain.splits import without_moved
 
 REBUILT = "rebuilt after an operator's split"
 
@@ -112,21 +113,11 @@ def _resolve_again(
     graph: Graph, rules: Rules, split: d.Split, part: Component
 ) -> tuple[Graph, list[d.Decision]]:
     """The component's messages decided again in a scratch graph, without the identifiers the split moved."""
-    moved = set(split.subjects)
     scratch = Graph()
     scratch.erased = graph.erased  # read only: deciding never changes tombstones
     decided: list[d.Decision] = []
     for message in part.messages:
-        previous = message.previous
-        if previous is not None and not moved.isdisjoint(p.subject for p in previous):
-            previous = None
-        again = replace(
-            message,
-            event_id=f"{split.decision_id}:{message.event_id}",
-            identities=tuple(i for i in message.identities if i.subject not in moved),
-            previous=previous,
-        )
-        decided += decide(scratch, rules, again)
+        decided += decide(scratch, rules, without_moved(split, message))
     return scratch, decided
 
 

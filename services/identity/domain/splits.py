@@ -142,17 +142,22 @@ def redecide(graph: Graph, rules: Rules, split: Split, messages: Iterable[Observ
     have had the link never been made. Decision ids derive from the split's id and the message's event id, so
     they differ from the message's first decisions and are the same whenever this split is re-decided.
     """
-    moved = set(split.subjects)
     decided: list[Decision] = []
     for obs in messages:
-        previous = obs.previous
-        if previous is not None and any(p.subject in moved for p in previous):
-            previous = None
-        again = replace(
-            obs,
-            event_id=f"{split.decision_id}:{obs.event_id}",
-            identities=tuple(i for i in obs.identities if i.subject not in moved),
-            previous=previous,
-        )
-        decided += decide(graph, rules, again)
+        decided += decide(graph, rules, without_moved(split, obs))
     return decided
+
+
+def without_moved(split: Split, obs: Observation) -> Observation:
+    """The message as if it had never carried the identifiers the split moved, for deciding it again after
+    the split (its decisions get ids of their own, derived from the split's id and the message's event id)."""
+    moved = set(split.subjects)
+    previous = obs.previous
+    if previous is not None and not moved.isdisjoint(p.subject for p in previous):
+        previous = None
+    return replace(
+        obs,
+        event_id=f"{split.decision_id}:{obs.event_id}",
+        identities=tuple(i for i in obs.identities if i.subject not in moved),
+        previous=previous,
+    )
