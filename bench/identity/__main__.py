@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 from sqlalchemy.orm import Session
 
 from bench.identity.data import Message, person, phone_pool
@@ -140,8 +141,9 @@ def _profile_worker_calls(resolver: Resolver, profiler: cProfile.Profile) -> Non
         setattr(resolver, name, profiled)
 
 
-async def lookups(settings: Settings, people: int, count: int) -> list[float]:
-    """GetProfile latencies (ms) by e-mail over gRPC, against the identity server on loopback."""
+async def lookups(settings: Settings, people: int, count: int, as_of: int) -> tuple[list[float], list[float]]:
+    """GetProfile latencies (ms) by e-mail over gRPC, against the identity server on loopback; and seconds
+    per GetProfile `as_of` now (which replays the whole log in memory)."""
     app = await build(settings)
     server = GrpcServer(app, settings, port=0)
     await server.start()
@@ -159,9 +161,17 @@ async def lookups(settings: Settings, people: int, count: int) -> list[float]:
                 await stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
                 if n >= 20:  # the first calls warm the channel and the database pages
                     latencies.append((time.perf_counter() - started) * 1000)
+            replays: list[float] = []
+            for _ in range(as_of):
+                moment = timestamp_pb2.Timestamp()
+                moment.GetCurrentTime()
+                started = time.perf_counter()
+                request = pb.GetProfileRequest(profile=ref, as_of=moment)
+                await stub.GetProfile(request, metadata=ADMIN, timeout=3600)
+                replays.append(time.perf_counter() - started)
     finally:
         await server.stop()
-    return latencies
+    return latencies, replays
 
 
 def memory_per_million(settings: Settings) -> tuple[int, float]:
@@ -205,11 +215,16 @@ async def main(args: argparse.Namespace) -> None:
         await store.close()
         keyring.close()
         engine.dispose()
-        latencies = await lookups(settings, args.people, args.lookups)
+        latencies, replays = await lookups(settings, args.people, args.lookups, args.as_of)
         q = statistics.quantiles(latencies, n=100)
         print(
             f"GetProfile over gRPC by e-mail: p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms ({len(latencies)} calls)"
         )
+        if replays:
+            print(
+                f"GetProfile as_of (replays the whole log in memory): median {statistics.median(replays):.1f} s"
+                f" ({len(replays)} calls)"
+            )
         identifiers, mb = memory_per_million(settings)
         print(
             f"resolver state: {identifiers:,} identifiers, {mb:,.0f} MB per million identifiers (tracemalloc)"
@@ -224,6 +239,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="100k people, about 1M messages")
     parser.add_argument("--batch", type=int, default=2000, help="resolver batch size")
     parser.add_argument("--lookups", type=int, default=1000, help="GetProfile calls to time")
+    parser.add_argument("--as-of", type=int, default=3, help="GetProfile as_of calls to time (0: none)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the resolver")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()

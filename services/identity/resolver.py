@@ -39,7 +39,7 @@ from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from services.identity import codec
 from services.identity.domain.decider import Observation, decide, previous_of
-from services.identity.domain.decisions import Decision, Rejected, Split
+from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split
 from services.identity.domain.graph import Graph
 from services.identity.domain.history import History
 from services.identity.domain.identifiers import ANONYMOUS_ID, USER_ID, Hasher, e164
@@ -660,34 +660,36 @@ async def replay(
         after = page[-1].global_position
         if until is not None:
             page = [r for r in page if r.recorded_at <= until]
-        subjects = [e.subject_id for r in page if (e := _message(r, frontier)) is not None]
-        await observer.keyring.prefetch(subjects)
-        await asyncio.to_thread(_replay_page, observer, page, frontier, erasures)
+        decoded = await asyncio.to_thread(_decode_for_replay, page, frontier)
+        await observer.keyring.prefetch(e.subject_id for _, e in decoded if isinstance(e, MessageCollected))
+        await asyncio.to_thread(_replay_page, observer, decoded, erasures)
     for subject in erasures:
         state.erase(subject)
 
 
-def _message(recorded: RecordedEvent, frontier: int | None) -> MessageCollected | None:
-    if recorded.type != "MessageCollected" or (frontier is not None and recorded.global_position > frontier):
-        return None
-    event = from_recorded(recorded)
-    return event if isinstance(event, MessageCollected) else None
-
-
-def _replay_page(
-    observer: Observer, page: Sequence[RecordedEvent], frontier: int | None, erasures: list[str]
-) -> None:
-    state = observer.state
+def _decode_for_replay(
+    page: Sequence[RecordedEvent], frontier: int | None
+) -> list[tuple[RecordedEvent, Decision | DomainEvent]]:
+    """Each event once: a decision as such; messages, rules and erasures only up to the frontier."""
+    decoded: list[tuple[RecordedEvent, Decision | DomainEvent]] = []
     for recorded in page:
         decision = _decision(recorded)
         if decision is not None:
-            state.graph.apply(decision)
-            state.record_decision(decision)
-            continue
-        if frontier is not None and recorded.global_position > frontier:
-            continue
-        event = from_recorded(recorded)
-        if isinstance(event, MessageCollected):
+            decoded.append((recorded, decision))
+        elif frontier is None or recorded.global_position <= frontier:
+            decoded.append((recorded, codec.decode(recorded)))
+    return decoded
+
+
+def _replay_page(
+    observer: Observer, decoded: Sequence[tuple[RecordedEvent, Decision | DomainEvent]], erasures: list[str]
+) -> None:
+    state = observer.state
+    for recorded, event in decoded:
+        if isinstance(event, Linked | Merged | Rejected | Split):
+            state.graph.apply(event)
+            state.record_decision(event)
+        elif isinstance(event, MessageCollected):
             obs = observer.observe(recorded, event)
             if obs is not None:
                 observer.record(obs)
