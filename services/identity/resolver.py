@@ -45,7 +45,7 @@ from services.identity.domain.history import History
 from services.identity.domain.identifiers import ANONYMOUS_ID, USER_ID, Hasher, e164
 from services.identity.domain.rebuild import Component, component, rebuild
 from services.identity.domain.rules import rules_from_json
-from services.identity.domain.splits import redecide, refusals_to_reconsider
+from services.identity.domain.splits import redecide, refusals_to_reconsider, undoes_merge
 from services.identity.prepare import (
     HashCache,
     IdentitiesCache,
@@ -300,20 +300,7 @@ class Resolver:
             state = await self._ensure_state()
             decision = build(state)
             try:
-                refusals = await asyncio.to_thread(self._refusals_around, state, decision.profile)
-                reconsidered = refusals_to_reconsider(state.graph, decision, refusals)
-                part = await self._component(state, decision, reconsidered)
-                fallback = (
-                    await self._observe_at(state, {r.cause_position for r in reconsidered})
-                    if part is None
-                    else []
-                )
-                state.graph.apply(decision)
-                state.record_decision(decision)
-                if part is not None:
-                    made = rebuild(state.graph, state.rules, decision, part)
-                else:
-                    made = redecide(state.graph, state.rules, decision, fallback)
+                made = await self._after_split(state, decision)
                 for later in made:
                     state.record_decision(later)
                 meta = EventMetadata(actor=actor)
@@ -328,6 +315,27 @@ class Resolver:
                 self._state = None
                 raise
             return decision, made
+
+    async def _after_split(self, state: State, split: Split) -> list[Decision]:
+        """Apply the split, then the decisions that follow it: the rebuild of what it affects; re-deciding the
+        refused messages alone when that is too large; nothing after undoing a merge (`undoes_merge`)."""
+        if undoes_merge(state.graph, split):
+            state.graph.apply(split)
+            state.record_decision(split)
+            return []
+        refusals = await asyncio.to_thread(self._refusals_around, state, split.profile)
+        reconsidered = refusals_to_reconsider(state.graph, split, refusals)
+        part = await self._component(state, split, reconsidered)
+        refused = (
+            []
+            if part is not None
+            else await self._observe_at(state, {r.cause_position for r in reconsidered})
+        )
+        state.graph.apply(split)
+        state.record_decision(split)
+        if part is not None:
+            return rebuild(state.graph, state.rules, split, part)
+        return redecide(state.graph, state.rules, split, refused)
 
     async def _component(
         self, state: State, split: Split, reconsidered: Sequence[Rejected]

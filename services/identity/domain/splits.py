@@ -117,6 +117,16 @@ def plan_split(
     )
 
 
+def undoes_merge(graph: Graph, split: Split) -> bool:
+    """Whether the split revives a merged-away profile (before it is applied).
+
+    Such a split is not followed by a rebuild: its moved identifiers are a whole former profile, and resolving
+    the messages again without them (or with them kept apart) does not give back the two profiles as they
+    were; the undo itself does (identifiers linked since stay with the survivor).
+    """
+    return bool(split.undone) and split.new_profile in graph.redirects
+
+
 def refusals_to_reconsider(graph: Graph, split: Split, refusals: Iterable[Rejected]) -> list[Rejected]:
     """The standing refusals the split may lift: made on the split profile, or refusing to join it.
 
