@@ -6,6 +6,7 @@ as its checkpoint; queries read these tables from the gRPC side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,9 +25,11 @@ from sqlalchemy import (
     Table,
     delete,
     insert,
+    inspect,
     or_,
     select,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split, decided_at
@@ -89,6 +92,9 @@ decisions = Table(
     Column("manual", Boolean, nullable=False),
     Column("decide_time", BigInteger),
 )
+schema = Table("identity_schema", metadata, Column("fingerprint", String(64), primary_key=True))
+"""The fingerprint of the tables below as this code defines them: a read model written by other code (another
+table layout) is rebuilt from the log instead of being read (there are no migrations: the log is the source)."""
 rules_table = Table(
     "identity_rules",
     metadata,
@@ -193,6 +199,35 @@ def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
         cause_position=position,
     )
     return row
+
+
+def schema_fingerprint() -> str:
+    """A hash of every table's columns (names, types, nullability, keys) and index names."""
+    layout = [
+        (
+            table.name,
+            [(c.name, repr(c.type), c.nullable, c.primary_key) for c in table.columns],
+            sorted(index.name or "" for index in table.indexes),
+        )
+        for table in sorted(metadata.tables.values(), key=lambda t: t.name)
+    ]
+    return hashlib.sha256(repr(layout).encode()).hexdigest()
+
+
+def schema_outdated(connection: Connection) -> bool:
+    """Whether the database holds identity tables of another layout (a fresh database is not outdated)."""
+    tables = set(inspect(connection).get_table_names())
+    if not tables & {t.name for t in metadata.tables.values() if t is not schema}:
+        return False
+    if schema.name not in tables:
+        return True
+    return connection.scalar(select(schema.c.fingerprint)) != schema_fingerprint()
+
+
+def stamp_schema(connection: Connection) -> None:
+    """Record that the tables have this code's layout."""
+    connection.execute(delete(schema))
+    connection.execute(insert(schema).values(fingerprint=schema_fingerprint()))
 
 
 def refusal_rows(session: Session, profiles: Sequence[str]) -> list[dict[str, Any]]:

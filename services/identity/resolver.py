@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, inspect, select, text
 from sqlalchemy.orm import Session
 
 from cdp.eventlog.port import (
@@ -64,6 +64,9 @@ from services.identity.readmodel import (
     refusal_rows,
     save_state,
     saved_decision_ids,
+    schema,
+    schema_outdated,
+    stamp_schema,
 )
 
 log = structlog.get_logger(__name__)
@@ -411,16 +414,19 @@ class Resolver:
     async def rebuild(self) -> int:
         """Drop the read model and replay it from the log: decisions for the graph, messages for history."""
         async with self._lock:
-            frontier = await asyncio.to_thread(self._load_checkpoint)
-            await asyncio.to_thread(self._reset)
-            state = State()
-            self._state = state
-            self._generation += 1
-            await replay(self._store, Observer(state, self._keyring, self._hasher), frontier=frontier)
-            await asyncio.to_thread(self._save, frontier)
-            state.persisted = True
-            self._position = frontier
-            return frontier
+            return await self._rebuild()
+
+    async def _rebuild(self) -> int:
+        frontier = await asyncio.to_thread(self._load_checkpoint)
+        await asyncio.to_thread(self._reset)
+        state = State()
+        self._state = state
+        self._generation += 1
+        await replay(self._store, Observer(state, self._keyring, self._hasher), frontier=frontier)
+        await asyncio.to_thread(self._save, frontier)
+        state.persisted = True
+        self._position = frontier
+        return frontier
 
     async def snapshot(self) -> dict[str, list[str]]:
         """Every read-model row as sorted JSON, per table (to compare a rebuild with the live model)."""
@@ -518,6 +524,11 @@ class Resolver:
     async def _ensure_state(self) -> State:
         if self._state is not None:
             return self._state
+        if await asyncio.to_thread(self._schema_outdated):
+            log.warning("identity_read_model_outdated", action="rebuilding it from the log")
+            await self._rebuild()
+            assert self._state is not None
+            return self._state
         loaded, self._position = await asyncio.to_thread(self._load)
         await self._recover_splits(loaded)
         self._state = loaded
@@ -566,8 +577,15 @@ class Resolver:
         log.warning("identity_splits_recovered", splits=len(missed), decisions=len(recovered))
         await asyncio.to_thread(self._save_state, state, self._position)
 
+    def _schema_outdated(self) -> bool:
+        with self._engine.connect() as connection:
+            return schema_outdated(connection)
+
     def _load(self) -> tuple[State, int]:
         metadata.create_all(self._engine)
+        with self._engine.begin() as connection:
+            if connection.scalar(select(schema.c.fingerprint)) is None:
+                stamp_schema(connection)  # a fresh database
         position = self._load_checkpoint()
         with Session(self._engine) as session:
             return load_state(session), position
@@ -593,8 +611,16 @@ class Resolver:
             session.execute(insert(checkpoints).values(name=CHECKPOINT, position=position))
 
     def _reset(self) -> None:
-        metadata.drop_all(self._engine)
+        with self._engine.begin() as connection:
+            # Every identity table, this code's and any an older layout left (their names share the prefix).
+            for name in inspect(connection).get_table_names():
+                if name.startswith("identity_"):
+                    connection.execute(
+                        text(f"DROP TABLE {connection.dialect.identifier_preparer.quote(name)}")
+                    )
         metadata.create_all(self._engine)
+        with self._engine.begin() as connection:
+            stamp_schema(connection)
         checkpoint_metadata.create_all(self._engine)
 
 

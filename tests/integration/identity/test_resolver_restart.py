@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from cdp.runtime import resources
 from services.identity import readmodel
@@ -169,3 +170,26 @@ async def test_opening_pages_in_a_worker_process_decides_the_same(
     finally:
         engine.dispose()
     assert opened == 0 and await log.store.head_position() == heads[0]
+
+
+async def test_a_read_model_of_another_layout_is_rebuilt_from_the_log(log: Harness, tmp_path: Path) -> None:
+    await collect_people(log, range(0, 6), random.Random(3))
+    await log.resolver.catch_up()
+    live = await log.resolver.snapshot()
+    engine = resources.read_model_engine(settings_for(tmp_path), "identity")
+    try:
+        with engine.begin() as connection:  # what older code left: another layout, no fingerprint
+            connection.execute(text("DROP TABLE identity_schema"))
+            connection.execute(text("DROP TABLE identity_decisions"))
+            connection.execute(
+                text("CREATE TABLE identity_decisions (seq INTEGER PRIMARY KEY, gone TEXT NOT NULL)")
+            )
+        restarted = Resolver(log.store, log.keyring, log.ids, engine)
+        await restarted.catch_up()
+        assert await restarted.snapshot() == live
+        head = await log.store.head_position()
+        again = Resolver(log.store, log.keyring, log.ids, engine)  # this layout now: loaded, not rebuilt
+        await again.catch_up()
+        assert await again.snapshot() == live and await log.store.head_position() == head
+    finally:
+        engine.dispose()
