@@ -143,7 +143,7 @@ def _profile_worker_calls(resolver: Resolver, profiler: cProfile.Profile) -> Non
 
 async def lookups(settings: Settings, people: int, count: int, as_of: int) -> tuple[list[float], list[float]]:
     """GetProfile latencies (ms) by e-mail over gRPC, against the identity server on loopback; and seconds
-    per GetProfile `as_of` now (which replays the whole log in memory)."""
+    per GetProfile `as_of` now (which replays the log's decisions and opens the profile's messages)."""
     app = await build(settings)
     server = GrpcServer(app, settings, port=0)
     await server.start()
@@ -222,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         if replays:
             print(
-                f"GetProfile as_of (replays the whole log in memory): median {statistics.median(replays):.1f} s"
+                f"GetProfile as_of (replays the log's decisions, opens the profile's messages): median {statistics.median(replays):.1f} s"
                 f" ({len(replays)} calls)"
             )
         identifiers, mb = memory_per_million(settings)

@@ -20,11 +20,12 @@ from cdp.events.streams import config_stream
 from cdp.keyring import Keyring
 from services.identity import queries
 from services.identity.domain.decisions import Split
+from services.identity.domain.graph import Graph
 from services.identity.domain.identifiers import Hasher, normalise
 from services.identity.domain.rules import Rules, default_rules, rules_from_json, rules_to_json
 from services.identity.domain.splits import SplitRequest, plan_split
 from services.identity.readmodel import State, decision_row
-from services.identity.resolver import Observer, Resolver, replay
+from services.identity.resolver import Observer, Resolver, replay_profile
 
 RULES_STREAM = config_stream("identity")
 T = TypeVar("T")
@@ -188,13 +189,27 @@ class IdentityApp:
 
     async def _profile_as_of(self, ref: ProfileRef, as_of: datetime) -> tuple[queries.ProfileRecord, bool]:
         state = State()
-        await replay(self._store, Observer(state, self._keyring, self._hasher), until=as_of)
-        profile = self._live_in_graph(state, ref)
-        redirected = ref.profile_id is not None and ref.profile_id != profile
-        record = queries.record_from_state(state, profile, lambda s: state.new_values.get(s, ("", ""))[1])
-        if record is None:
+        observer = Observer(state, self._keyring, self._hasher)
+        profile, values = await replay_profile(self._store, observer, self._locate(ref), until=as_of)
+        record = (
+            None
+            if profile is None
+            else queries.record_from_state(state, profile, lambda s: values.get(s, ""))
+        )
+        if profile is None or record is None:
             raise NotFound("no such profile at that time")
-        return record, redirected
+        return record, ref.profile_id is not None and ref.profile_id != profile
+
+    def _locate(self, ref: ProfileRef) -> Callable[[Graph], str | None]:
+        """Where the reference points in a graph (the live profile), or None."""
+        found = self.subject_of(ref.identifier) if ref.identifier is not None else None
+
+        def locate(graph: Graph) -> str | None:
+            if ref.profile_id is not None:
+                return graph.resolve(ref.profile_id)
+            return graph.profile_of(found[1]) if found is not None else None
+
+        return locate
 
     def _live(self, session: Session, ref: ProfileRef) -> tuple[str, bool]:
         if ref.profile_id is not None:

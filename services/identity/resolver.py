@@ -701,6 +701,112 @@ async def replay(
         state.erase(subject)
 
 
+GRAPH = EventFilter(event_types=("IdentityRulesSet", "SubjectErased", *codec.DECISION_TYPES))
+
+
+async def replay_profile(
+    store: EventStore,
+    observer: Observer,
+    locate: Callable[[Graph], str | None],
+    *,
+    until: datetime,
+    batch_size: int = 2000,
+) -> tuple[str | None, dict[str, str]]:
+    """`replay(until=…)` for one profile: the same graph, and the histories and clear values of the profile
+    `locate` finds in it, opening only the messages that can concern it.
+
+    First the decisions, rules and erasures alone rebuild the graph; meanwhile every subject is tied to the
+    profiles it was ever linked to or refused by, and profiles to those merged or split from them (its
+    *lineage*). A message's history belongs to its attribution subject, and the message's own envelope subject
+    (its user or anonymous id) was joined with that subject or refused by its profile; so only messages whose
+    envelope names a subject of the profile's lineage are opened, with those naming no subject the graph ever
+    saw (e.g. a blocked anonymous id). Returns the profile and the clear values seen.
+    """
+    state, lineage, after = observer.state, _Lineage(), START
+    rules_at: list[tuple[int, IdentityRulesSet, int]] = []
+    erasures: list[str] = []
+    while page := await store.read_all(after, limit=batch_size, filter=GRAPH):
+        after = page[-1].global_position
+        for recorded in (r for r in page if r.recorded_at <= until):
+            decision = _decision(recorded)
+            if decision is not None:
+                state.graph.apply(decision)
+                lineage.add(decision)
+                continue
+            event = from_recorded(recorded)
+            if isinstance(event, IdentityRulesSet):
+                rules_at.append((recorded.global_position, event, recorded.stream_position + 1))
+            elif isinstance(event, SubjectErased):
+                erasures.append(event.subject_id)
+    profile = locate(state.graph)
+    values: dict[str, str] = {}
+    if profile is not None:
+        related = lineage.of(profile)
+        known = lineage.known
+        after, applied = START, 0
+        while page := await store.read_all(after, limit=batch_size, filter=MESSAGES):
+            after = page[-1].global_position
+            chosen: list[tuple[RecordedEvent, MessageCollected]] = []
+            for recorded in page:
+                if recorded.recorded_at > until:
+                    continue
+                event = codec.decode(recorded)
+                if not isinstance(event, MessageCollected):
+                    continue
+                named = {event.subject_id, *event.identifiers.values()}
+                if named & related or not named & known:
+                    chosen.append((recorded, event))
+            await observer.keyring.prefetch(e.subject_id for _, e in chosen)
+            for recorded, event in chosen:
+                while applied < len(rules_at) and rules_at[applied][0] < recorded.global_position:
+                    _, rules_event, version = rules_at[applied]
+                    observer.set_rules(rules_event, version)
+                    applied += 1
+                obs = observer.observe(recorded, event)
+                if obs is not None:
+                    observer.record(obs)
+                    values.update((i.subject, i.value) for i in (*obs.identities, *(obs.previous or ())))
+    for subject in erasures:
+        state.erase(subject)
+    return (profile if profile is not None and profile in state.graph.nodes else None), values
+
+
+class _Lineage:
+    """Subjects and profile ids tied together by every decision ever made (a union-find)."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    @property
+    def known(self) -> set[str]:
+        return set(self._parent)
+
+    def add(self, decision: Decision) -> None:
+        if isinstance(decision, Linked | Rejected):
+            self._union(decision.subject, decision.profile)
+        if isinstance(decision, Merged):
+            self._union(decision.merged, decision.profile)
+        if isinstance(decision, Split):
+            self._union(decision.new_profile, decision.profile)
+
+    def of(self, member: str) -> set[str]:
+        root = self._find(member)
+        return {m for m in self._parent if self._find(m) == root}
+
+    def _find(self, member: str) -> str:
+        parent = self._parent.setdefault(member, member)
+        while parent != member:
+            grand = self._parent[parent]
+            self._parent[member] = grand
+            member, parent = parent, grand
+        return member
+
+    def _union(self, a: str, b: str) -> None:
+        root_a, root_b = self._find(a), self._find(b)
+        if root_a != root_b:
+            self._parent[root_a] = root_b
+
+
 def _decode_for_replay(
     page: Sequence[RecordedEvent], frontier: int | None
 ) -> list[tuple[RecordedEvent, Decision | DomainEvent]]:

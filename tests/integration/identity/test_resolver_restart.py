@@ -7,21 +7,26 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from cdp.events import EventMetadata
+from cdp.events.governance import SubjectErased
+from cdp.events.streams import consent_stream
 from cdp.runtime import resources
 from services.identity import readmodel
 from services.identity import resolver as resolver_module
 from services.identity.domain.decisions import Split
+from services.identity.domain.graph import Graph
 from services.identity.domain.splits import split_identifier
 from services.identity.prepare import OpenerProcess
+from services.identity.queries import record_from_state
 from services.identity.readmodel import State
-from services.identity.resolver import Resolver
+from services.identity.resolver import Observer, Resolver, replay, replay_profile
 from tests.integration.identity.conftest import Harness, settings_for
 from tests.integration.identity.test_identity_grpc import T0
 
@@ -193,3 +198,63 @@ async def test_a_read_model_of_another_layout_is_rebuilt_from_the_log(log: Harne
         assert await again.snapshot() == live and await log.store.head_position() == head
     finally:
         engine.dispose()
+
+
+async def test_get_profile_as_of_opens_only_what_concerns_the_profile_and_agrees_with_a_full_replay(
+    log: Harness,
+) -> None:
+    rng = random.Random(11)
+    await collect_people(log, range(0, 12), rng)
+    await log.resolver.catch_up()
+    middle = datetime.now(UTC)
+    await collect_people(log, range(12, 20), rng)
+    # A blocked anonymous id files the message under a subject no decision ever names.
+    await log.collect("identify", at=T0, anonymousId="anonymous", traits={"email": "p1@x.io", "late": True})
+    await log.resolver.catch_up()
+    state = await log.resolver.state()
+    user = log.ids("user_id", "u3")
+    device = log.ids("anonymous_id", "device-3")
+
+    def build(current: State) -> Split:
+        profile = current.graph.profile_of(user)
+        assert profile is not None
+        return split_identifier(
+            current.graph,
+            profile,
+            device,
+            decision_id=str(uuid.uuid4()),
+            new_profile=str(uuid.uuid4()),
+            reason="shared",
+            prevent_relink=False,
+            at=T0,
+        )
+
+    await log.resolver.split(build, "admin")
+    await log.store.append(
+        consent_stream(log.ids("user_id", "u5")),
+        [
+            SubjectErased(request_id="r1", subject_id=log.ids("user_id", "u5")).to_new_event(
+                EventMetadata(actor="system")
+            )
+        ],
+    )
+    await log.resolver.catch_up()
+    assert state.graph.profile_of(log.ids("user_id", "u5")) is None
+
+    for until in (middle, datetime.now(UTC)):
+        full = State()
+        await replay(log.store, Observer(full, log.keyring, log.ids), until=until)
+        assert full.graph.nodes
+        for profile in full.graph.nodes:
+            scoped = State()
+
+            def locate(graph: Graph, wanted: str = profile) -> str | None:
+                return graph.resolve(wanted)
+
+            found, _ = await replay_profile(
+                log.store, Observer(scoped, log.keyring, log.ids), locate, until=until
+            )
+            assert found == profile
+            mine = record_from_state(scoped, profile, lambda s: s)
+            assert mine is not None and mine == record_from_state(full, profile, lambda s: s)
+            assert len(scoped.histories) < len(full.histories)  # it opened fewer messages
