@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
@@ -61,6 +61,26 @@ async def collect_people(h: Harness, people: range, rng: random.Random) -> None:
         await h.collect("alias", at=at + timedelta(seconds=4), previousId=device, userId=f"u{n}")
 
 
+def cut(user: str, device: str) -> Callable[[State], Split]:
+    """An operator's split of `device` off the profile holding `user`, as the resolver asks for it."""
+
+    def build(state: State) -> Split:
+        profile = state.graph.profile_of(user)
+        assert profile is not None
+        return split_identifier(
+            state.graph,
+            profile,
+            device,
+            decision_id=str(uuid.uuid4()),
+            new_profile=str(uuid.uuid4()),
+            reason="shared",
+            prevent_relink=False,
+            at=T0,
+        )
+
+    return build
+
+
 async def test_restarts_re_runs_and_a_tiny_cache_give_the_same_read_model(
     log: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,20 +113,7 @@ async def test_a_split_appended_but_not_saved_is_recovered_from_the_log(
     await collect_people(log, range(0, 5), random.Random(1))
     await log.resolver.catch_up()
     user, device = log.ids("user_id", "u3"), log.ids("anonymous_id", "device-3")
-
-    def build(state: State) -> Split:
-        profile = state.graph.profile_of(user)
-        assert profile is not None
-        return split_identifier(
-            state.graph,
-            profile,
-            device,
-            decision_id=str(uuid.uuid4()),
-            new_profile=str(uuid.uuid4()),
-            reason="shared",
-            prevent_relink=False,
-            at=T0,
-        )
+    build = cut(user, device)
 
     def fail(position: int) -> None:
         raise OSError("the read-model database went away")
@@ -212,24 +219,7 @@ async def test_get_profile_as_of_opens_only_what_concerns_the_profile_and_agrees
     await log.collect("identify", at=T0, anonymousId="anonymous", traits={"email": "p1@x.io", "late": True})
     await log.resolver.catch_up()
     state = await log.resolver.state()
-    user = log.ids("user_id", "u3")
-    device = log.ids("anonymous_id", "device-3")
-
-    def build(current: State) -> Split:
-        profile = current.graph.profile_of(user)
-        assert profile is not None
-        return split_identifier(
-            current.graph,
-            profile,
-            device,
-            decision_id=str(uuid.uuid4()),
-            new_profile=str(uuid.uuid4()),
-            reason="shared",
-            prevent_relink=False,
-            at=T0,
-        )
-
-    await log.resolver.split(build, "admin")
+    await log.resolver.split(cut(log.ids("user_id", "u3"), log.ids("anonymous_id", "device-3")), "admin")
     await log.store.append(
         consent_stream(log.ids("user_id", "u5")),
         [
