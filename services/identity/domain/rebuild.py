@@ -144,7 +144,7 @@ def _targets(
         placed = [s for s in node.subjects if s in scratch.links] if node is not None else []
         if not placed:
             continue
-        anchor = min(placed, key=lambda s: (rules.rank(graph.links[s].type), _micros(graph, s), s))
+        anchor = min(placed, key=lambda s: (rules.rank(graph.links[s].type), _linked_seconds(graph, s), s))
         group = scratch.links[anchor].profile
         anchors[profile] = group
         targets.setdefault(group, profile)
@@ -153,7 +153,7 @@ def _targets(
     return targets, anchors
 
 
-def _micros(graph: Graph, subject: str) -> float:
+def _linked_seconds(graph: Graph, subject: str) -> float:
     linked_at = graph.links[subject].linked_at
     return linked_at.timestamp() if linked_at is not None else 0.0
 
