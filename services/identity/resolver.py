@@ -840,6 +840,4 @@ def _replay_page(
 
 
 def _decision(recorded: RecordedEvent) -> Decision | None:
-    if recorded.type not in codec.DECISION_TYPES:
-        return None
-    return codec.from_event(str(recorded.id), from_recorded(recorded))
+    return codec.decode_decision(recorded)

@@ -47,6 +47,25 @@ def test_every_decision_round_trips_through_its_event(decision: d.Decision) -> N
     assert new == codec.to_event(decision).to_new_event(META, id=new.id)  # fast path == catalog encoder
     recorded = RecordedEvent(new.id, "profile-p1", 0, 0, new.type, new.data, new.metadata, T0)
     assert codec.from_event(str(new.id), from_recorded(recorded)) == decision
+    assert codec.decode_decision(recorded) == decision  # the direct decoder equals the catalog's
+
+
+def test_the_decision_decoder_takes_the_catalogs_path_for_anything_unusual() -> None:
+    decision = d.Rejected(
+        "6f1c0d38-54a5-5f4a-9d3c-1b2a3c4d5e74", "p1", "", "max_merges", "email", SUBJECT, "m4"
+    )
+    new = codec.new_event(decision, META)
+    # An event recorded before the newer fields existed: the defaults apply, as in the catalog.
+    body = {
+        k: v for k, v in json.loads(new.data).items() if k not in ("decided_at", "causing_message_position")
+    }
+    old = RecordedEvent(new.id, "profile-p1", 0, 0, new.type, json.dumps(body).encode(), new.metadata, T0)
+    assert codec.decode_decision(old) == codec.from_event(str(new.id), from_recorded(old)) == decision
+    # A body that does not fit: the catalog's error, not a half-built decision.
+    broken = replace(old, data=b'{"profile_id": "p1"}')
+    with pytest.raises(EventCatalogError):
+        codec.decode_decision(broken)
+    assert codec.decode_decision(replace(old, type="MessageCollected")) is None
 
 
 def test_a_messages_decisions_encode_together_as_one_by_one() -> None:
