@@ -326,6 +326,7 @@ class Resolver:
             state.graph.apply(split)
             state.record_decision(split)
             return []
+        # Read what the split affects against the graph before it (refusals are judged there), then apply it.
         refusals = await asyncio.to_thread(self._refusals_around, state, split.profile)
         reconsidered = refusals_to_reconsider(state.graph, split, refusals)
         part = await self._component(state, split, reconsidered)
@@ -548,7 +549,7 @@ class Resolver:
         while page := await self._store.read_all(after, limit=self._batch_size, filter=SPLITS):
             after = page[-1].global_position
             for recorded in page:
-                decision = _decision(recorded)
+                decision = codec.decode_decision(recorded)
                 if isinstance(decision, Split) and not decision.automatic:
                     splits[decision.decision_id] = (recorded.global_position, decision)
         if not splits:
@@ -565,7 +566,7 @@ class Resolver:
         while page := await self._store.read_all(after, limit=self._batch_size, filter=DECISIONS):
             after = page[-1].global_position
             for recorded in page:
-                decision = _decision(recorded)
+                decision = codec.decode_decision(recorded)
                 own = isinstance(decision, Split) and decision.decision_id in missed
                 if decision is not None and (own or recorded.metadata.get("causation_id") in missed):
                     recovered.append(decision)
@@ -728,7 +729,7 @@ async def replay_profile(
     while page := await store.read_all(after, limit=batch_size, filter=GRAPH):
         after = page[-1].global_position
         for recorded in (r for r in page if r.recorded_at <= until):
-            decision = _decision(recorded)
+            decision = codec.decode_decision(recorded)
             if decision is not None:
                 state.graph.apply(decision)
                 lineage.add(decision)
@@ -742,7 +743,6 @@ async def replay_profile(
     values: dict[str, str] = {}
     if profile is not None:
         related = lineage.of(profile)
-        known = lineage.known
         after, applied = START, 0
         while page := await store.read_all(after, limit=batch_size, filter=MESSAGES):
             after = page[-1].global_position
@@ -754,7 +754,7 @@ async def replay_profile(
                 if not isinstance(event, MessageCollected):
                     continue
                 named = {event.subject_id, *event.identifiers.values()}
-                if named & related or not named & known:
+                if named & related or not any(subject in lineage for subject in named):
                     chosen.append((recorded, event))
             await observer.keyring.prefetch(e.subject_id for _, e in chosen)
             for recorded, event in chosen:
@@ -777,16 +777,15 @@ class _Lineage:
     def __init__(self) -> None:
         self._parent: dict[str, str] = {}
 
-    @property
-    def known(self) -> set[str]:
-        return set(self._parent)
+    def __contains__(self, member: object) -> bool:
+        return member in self._parent
 
     def add(self, decision: Decision) -> None:
         if isinstance(decision, Linked | Rejected):
             self._union(decision.subject, decision.profile)
-        if isinstance(decision, Merged):
+        elif isinstance(decision, Merged):
             self._union(decision.merged, decision.profile)
-        if isinstance(decision, Split):
+        else:
             self._union(decision.new_profile, decision.profile)
 
     def of(self, member: str) -> set[str]:
@@ -813,7 +812,7 @@ def _decode_for_replay(
     """Each event once: a decision as such; messages, rules and erasures only up to the frontier."""
     decoded: list[tuple[RecordedEvent, Decision | DomainEvent]] = []
     for recorded in page:
-        decision = _decision(recorded)
+        decision = codec.decode_decision(recorded)
         if decision is not None:
             decoded.append((recorded, decision))
         elif frontier is None or recorded.global_position <= frontier:
@@ -837,7 +836,3 @@ def _replay_page(
             observer.set_rules(event, recorded.stream_position + 1)
         elif isinstance(event, SubjectErased):
             erasures.append(event.subject_id)
-
-
-def _decision(recorded: RecordedEvent) -> Decision | None:
-    return codec.decode_decision(recorded)
