@@ -225,12 +225,7 @@ class IdentityApp:
         return profile, False
 
     def _live_in_graph(self, state: State, ref: ProfileRef) -> str:
-        if ref.profile_id is not None:
-            live = state.graph.resolve(ref.profile_id)
-        else:
-            assert ref.identifier is not None
-            found = self.subject_of(ref.identifier)
-            live = state.graph.profile_of(found[1]) if found else None
+        live = self._locate(ref)(state.graph)
         if live is None:
             raise NotFound("no such profile")
         return live

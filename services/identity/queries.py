@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from services.identity.domain.history import micros
 from services.identity.readmodel import (
     State,
+    chunks,
     decisions,
     from_micros,
     histories,
@@ -212,8 +213,7 @@ def clear_values(session: Session, subjects: Sequence[str]) -> dict[str, tuple[s
     """Subject id → (type, clear value) for those still known."""
     wanted = sorted(set(subjects))
     found: dict[str, tuple[str, str]] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
+    for chunk in chunks(wanted):
         for row in session.execute(select(values).where(values.c.subject_id.in_(chunk))):
             found[row.subject_id] = (row.type, row.value)
     return found

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,6 +104,13 @@ rules_table = Table(
 )
 
 CHUNK = 500
+"""Ids per `IN (…)` list: SQLite limits a statement's parameters."""
+
+
+def chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """`ids` in runs of at most `CHUNK`, for `IN (…)` lists."""
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
 
 
 HISTORY_CACHE = 100_000
@@ -233,8 +240,7 @@ def stamp_schema(connection: Connection) -> None:
 def refusal_rows(session: Session, profiles: Sequence[str]) -> list[dict[str, Any]]:
     """Refusal rows made by these profiles or naming them as the profile a message could not join."""
     found: list[dict[str, Any]] = []
-    for start in range(0, len(profiles), CHUNK):
-        chunk = profiles[start : start + CHUNK]
+    for chunk in chunks(profiles):
         statement = select(decisions).where(
             decisions.c.kind == "refuse",
             or_(decisions.c.profile_id.in_(chunk), decisions.c.other_profile_id.in_(chunk)),
@@ -246,8 +252,7 @@ def refusal_rows(session: Session, profiles: Sequence[str]) -> list[dict[str, An
 def saved_decision_ids(session: Session, ids: Sequence[str]) -> set[str]:
     """Which of these decisions the read model holds."""
     found: set[str] = set()
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
+    for chunk in chunks(ids):
         found.update(
             session.scalars(select(decisions.c.decision_id).where(decisions.c.decision_id.in_(chunk)))
         )
@@ -372,8 +377,7 @@ def load_histories(session: Session, state: State, subjects: Iterable[str]) -> N
     if not state.persisted:
         return
     missing = sorted({s for s in subjects if s not in state.histories and s not in state.without_history})
-    for start in range(0, len(missing), CHUNK):
-        chunk = missing[start : start + CHUNK]
+    for chunk in chunks(missing):
         found = {
             r.subject_id: r.data
             for r in session.execute(select(histories).where(histories.c.subject_id.in_(chunk)))
@@ -486,7 +490,7 @@ def _replace(table: Table, key: Any, ids: Iterable[str], row: Any) -> list[Step]
 
 
 def _delete(table: Table, key: Any, ids: Sequence[str]) -> list[Step]:
-    return [_execute(delete(table).where(key.in_(ids[i : i + CHUNK]))) for i in range(0, len(ids), CHUNK)]
+    return [_execute(delete(table).where(key.in_(chunk))) for chunk in chunks(ids)]
 
 
 def _execute(statement: Any) -> Step:
@@ -533,8 +537,7 @@ def _insert(table: Table, rows: list[dict[str, Any]], conflict: str | None = Non
 def _delete_decisions_of(gone: set[str]) -> list[Step]:
     ids = sorted(gone)
     steps: list[Step] = []
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
+    for chunk in chunks(ids):
         steps.append(_execute(delete(decisions).where(decisions.c.profile_id.in_(chunk))))
         steps.append(_execute(delete(decisions).where(decisions.c.other_profile_id.in_(chunk))))
         steps.append(_execute(delete(profiles).where(profiles.c.redirect.in_(chunk))))
