@@ -90,7 +90,7 @@ def decide(graph: Graph, rules: Rules, obs: Observation) -> list[d.Decision]:
     if not ids or _already_one_profile(graph, ids):
         return []
     kept, dropped = _fit(graph, rules, ids, obs.timestamp)
-    out = _Emitter(graph, obs)
+    out = Emitter(graph, obs.event_id)
     _join(graph, out, kept, obs)
     survivor = graph.profile_of(kept[0].subject)
     for identity, rule, other in dropped:
@@ -111,14 +111,14 @@ def decide(graph: Graph, rules: Rules, obs: Observation) -> list[d.Decision]:
     return out.decisions
 
 
-class _Emitter:
-    """Numbers decisions deterministically and applies each to the graph as it is made."""
+class Emitter:
+    """Numbers decisions deterministically (`seed:n`) and applies each to the graph as it is made."""
 
-    def __init__(self, graph: Graph, obs: Observation) -> None:
-        self.graph, self.obs, self.decisions = graph, obs, list[d.Decision]()
+    def __init__(self, graph: Graph, seed: str) -> None:
+        self.graph, self.seed, self.decisions = graph, seed, list[d.Decision]()
 
     def next_id(self) -> str:
-        return str(uuid.uuid5(DECISION_NAMESPACE, f"{self.obs.event_id}:{len(self.decisions)}"))
+        return str(uuid.uuid5(DECISION_NAMESPACE, f"{self.seed}:{len(self.decisions)}"))
 
     def emit(self, decision: d.Decision) -> None:
         self.graph.apply(decision)
@@ -209,7 +209,7 @@ def _over_limit(
     return total > limit and total > max(counts, default=0)
 
 
-def _join(graph: Graph, out: _Emitter, ids: list[Identity], obs: Observation) -> None:
+def _join(graph: Graph, out: Emitter, ids: list[Identity], obs: Observation) -> None:
     """Create, merge and link so that every kept identifier ends on one profile."""
     rule = d.ALIAS if obs.message_type == "alias" else d.SHARED_MESSAGE
     profiles = _profiles(graph, ids)

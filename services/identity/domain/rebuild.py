@@ -21,12 +21,11 @@ Every step is a decision, appended after the operator's split, so replaying the 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from services.identity.domain import decisions as d
-from services.identity.domain.decider import DECISION_NAMESPACE, Observation, decide
+from services.identity.domain.decider import Emitter, Observation, decide
 from services.identity.domain.graph import Graph
 from services.identity.domain.rules import Rules
 from services.identity.domain.splits import without_moved
@@ -87,10 +86,10 @@ def rebuild(graph: Graph, rules: Rules, split: d.Split, part: Component) -> list
     gets each decision applied as it is made (like `decide`)."""
     scratch, scratch_decisions = _resolve_again(graph, rules, split, part)
     targets, anchors = _targets(graph, rules, split, part, scratch)
-    out = _Out(graph, split)
+    out = Emitter(graph, f"{split.decision_id}:rebuild")
     live = graph.resolve(split.profile)
     for source in sorted(part.profiles, key=lambda p: (p != live, p)):
-        _move(out, source, scratch, targets, anchors.get(source))
+        _move(out, split, source, scratch, targets, anchors.get(source))
     links = {x.subject: x for x in scratch_decisions if isinstance(x, d.Linked)}
     for group in sorted(scratch.nodes, key=lambda g: targets[g]):
         target = targets[group]
@@ -158,21 +157,9 @@ def _linked_seconds(graph: Graph, subject: str) -> float:
     return linked_at.timestamp() if linked_at is not None else 0.0
 
 
-class _Out:
-    """Numbers the rebuild's decisions from the split's id and applies each to the graph as it is made."""
-
-    def __init__(self, graph: Graph, split: d.Split) -> None:
-        self.graph, self.split, self.decisions = graph, split, list[d.Decision]()
-
-    def next_id(self) -> str:
-        return str(uuid.uuid5(DECISION_NAMESPACE, f"{self.split.decision_id}:rebuild:{len(self.decisions)}"))
-
-    def emit(self, decision: d.Decision) -> None:
-        self.graph.apply(decision)
-        self.decisions.append(decision)
-
-
-def _move(out: _Out, source: str, scratch: Graph, targets: dict[str, str], anchor: str | None) -> None:
+def _move(
+    out: Emitter, split: d.Split, source: str, scratch: Graph, targets: dict[str, str], anchor: str | None
+) -> None:
     """Move a profile's placed identifiers to their rebuilt profiles; its anchor's group last, so that a
     profile left empty redirects there. Identifiers no message names any more stay where they are."""
     node = out.graph.nodes.get(source)
@@ -184,7 +171,6 @@ def _move(out: _Out, source: str, scratch: Graph, targets: dict[str, str], ancho
         if link is not None and targets[link.profile] != source:
             moves.setdefault(link.profile, []).append(subject)
     for group in sorted(moves, key=lambda g: (g == anchor, targets[g])):
-        split = out.split
         out.emit(
             d.Split(
                 out.next_id(),
