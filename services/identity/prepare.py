@@ -176,25 +176,39 @@ class Opener:
 
     def _observe(self, event: MessageCollected, keys: SubjectKeys, rules: Rules) -> Opened:
         try:
-            payload: dict[str, Any] = decrypt_value_with(keys, event.payload, context=PAYLOAD_CONTEXT)
+            payload: dict[str, Any] | None = decrypt_value_with(keys, event.payload, context=PAYLOAD_CONTEXT)
         except (KeyErased, DecryptionFailed):
-            identities = previous = None
-            traits: Any = {}
-        else:
-            identities = self._identities.identities(payload, rules, self._hash)
-            alias = event.message_type == "alias"
-            previous = previous_of(payload, rules, self._hash) if alias else None
-            traits = payload.get("traits") if event.message_type == "identify" else None
-        return Opened(
-            event.message_id,
-            event.message_type,
-            event.timestamp,
-            event.source_id,
-            event.event_name,
-            identities,
-            previous,
-            traits if isinstance(traits, dict) else {},
-        )
+            payload = None
+        return opened_from(event, payload, rules, self._identities, self._hash)
+
+
+def opened_from(
+    event: MessageCollected,
+    payload: Mapping[str, Any] | None,
+    rules: Rules,
+    identities: IdentitiesCache,
+    hasher: Hasher,
+) -> Opened:
+    """What observing needs of a message whose payload was decrypted (None: shredded), wherever it was opened:
+    its usable identifiers, an alias's previousId, an identify's traits."""
+    if payload is None:
+        found: tuple[Identity, ...] | None = None
+        previous = None
+        traits: Any = {}
+    else:
+        found = identities.identities(payload, rules, hasher)
+        previous = previous_of(payload, rules, hasher) if event.message_type == "alias" else None
+        traits = payload.get("traits") if event.message_type == "identify" else None
+    return Opened(
+        event.message_id,
+        event.message_type,
+        event.timestamp,
+        event.source_id,
+        event.event_name,
+        found,
+        previous,
+        traits if isinstance(traits, dict) else {},
+    )
 
 
 _opener: Opener | None = None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine, delete, insert, inspect, select, text
@@ -38,7 +39,7 @@ from cdp.events.streams import subject_stream
 from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from services.identity import codec
-from services.identity.domain.decider import Observation, decide, previous_of
+from services.identity.domain.decider import Observation, decide
 from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split
 from services.identity.domain.graph import Graph
 from services.identity.domain.history import History
@@ -52,6 +53,7 @@ from services.identity.prepare import (
     Opened,
     OpenerProcess,
     message_subjects,
+    opened_from,
     page_task,
 )
 from services.identity.readmodel import (
@@ -103,23 +105,10 @@ class Observer:
     def observe(self, recorded: RecordedEvent, event: MessageCollected) -> Observation | None:
         """Open the message and remember its identifier values (`record` adds it to history); None if shredded."""
         try:
-            payload = event.open_payload(self.keyring)
+            payload: Mapping[str, Any] | None = event.open_payload(self.keyring)
         except (KeyErased, DecryptionFailed):
-            return None  # shredded: nothing of this person may reach the read model
-        rules = self.state.rules
-        ids = self._identities.identities(payload, rules, self.hasher)
-        previous = previous_of(payload, rules, self.hasher) if event.message_type == "alias" else None
-        traits = payload.get("traits") if event.message_type == "identify" else None
-        opened = Opened(
-            event.message_id,
-            event.message_type,
-            event.timestamp,
-            event.source_id,
-            event.event_name,
-            ids,
-            previous,
-            traits if isinstance(traits, dict) else {},
-        )
+            payload = None  # shredded: nothing of this person may reach the read model
+        opened = opened_from(event, payload, self.state.rules, self._identities, self.hasher)
         return self._observation(recorded, opened)
 
     def opened(self, recorded: RecordedEvent, message: Opened) -> Observation | None:
