@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
 
 WAL_SWITCH_TIMEOUT = 10.0
 """Seconds a new connection waits for others to finish switching the same file to WAL."""
@@ -43,6 +43,23 @@ def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
     event.listen(engine, "connect", connect)
     event.listen(engine, "begin", _begin)
     return engine
+
+
+def create_tables(metadata: MetaData, engine: Engine) -> None:
+    """`metadata.create_all`, tolerating another process or runner creating the same tables at the same moment
+    (PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin: it fails on its catalog)."""
+    try:
+        metadata.create_all(engine)
+    except (exc.IntegrityError, exc.ProgrammingError):
+        metadata.create_all(engine)  # the twin committed: every table exists now, nothing is created
+
+
+def create_read_model_engine(url: str) -> Engine:
+    """An engine for a service's read-model database; SQLite gets WAL and locks taken up front for writers."""
+    # NORMAL sync is enough for read models: the log can always replay them.
+    return create_sql_engine(
+        url, sqlite_pragmas=("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL")
+    )
 
 
 def enable_wal(connection: Any, timeout: float) -> None:

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from cdp.eventlog.port import (
     ALL,
+    END,
     START,
     AppendResult,
     EventFilter,
@@ -26,6 +27,7 @@ from cdp.eventlog.port import (
 
 __all__ = [
     "ALL",
+    "END",
     "START",
     "AppendResult",
     "EventFilter",

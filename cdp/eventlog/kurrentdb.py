@@ -195,9 +195,14 @@ class KurrentDBEventStore(EventStore):
         raise EventStoreError(f"stream {stream!r}: appended event {event_id} not found right after appending")
 
     async def read_stream(
-        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+        self,
+        stream: str,
+        from_position: int | None = None,
+        *,
+        backwards: bool = False,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one stream from a revision (inclusive), forwards or backwards."""
+        """Events of one stream from a revision (inclusive), forwards or backwards (None: from either end)."""
         if limit == 0:
             return []
         client = await self._ready()

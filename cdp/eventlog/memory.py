@@ -19,6 +19,7 @@ from cdp.eventlog.common import (
 )
 from cdp.eventlog.port import (
     ALL,
+    END,
     START,
     AppendResult,
     EventFilter,
@@ -122,7 +123,12 @@ class InMemoryEventStore(EventStore):
         return recorded
 
     async def read_stream(
-        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+        self,
+        stream: str,
+        from_position: int | None = None,
+        *,
+        backwards: bool = False,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
         """Events of one stream from a stream position (inclusive), forwards or backwards."""
         self._check_open()
@@ -130,6 +136,8 @@ class InMemoryEventStore(EventStore):
         if state is None:
             return []
         visible = [e for e in state.events if self._visible(e, state, datetime.now(UTC))]
+        if from_position is None:
+            from_position = END if backwards else 0
         if backwards:
             selected = [e for e in reversed(visible) if e.stream_position <= from_position]
         else:

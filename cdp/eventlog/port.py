@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 
 START = -1
 """Read or subscribe from before the first event."""
+END = 2**62
+"""A stream position beyond any stream's last event (read backwards from the end)."""
 
 
 class ExpectedVersion(enum.Enum):
@@ -170,9 +172,15 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def read_stream(
-        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+        self,
+        stream: str,
+        from_position: int | None = None,
+        *,
+        backwards: bool = False,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one stream from a stream position (inclusive), forwards or backwards."""
+        """Events of one stream from a stream position (inclusive), forwards or backwards; without a position,
+        from its first event forwards or from its last event backwards."""
 
     @abc.abstractmethod
     async def read_all(

@@ -33,6 +33,7 @@ from cdp.eventlog.common import (
 )
 from cdp.eventlog.port import (
     ALL,
+    END,
     START,
     AppendResult,
     EventFilter,
@@ -397,10 +398,17 @@ class PostgresEventStore(EventStore):
         return AppendResult(stream_position, global_position, replayed=outcome != "appended")
 
     async def read_stream(
-        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+        self,
+        stream: str,
+        from_position: int | None = None,
+        *,
+        backwards: bool = False,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
         """Events of one stream from a stream position (inclusive), forwards or backwards."""
         bound, order = ("<=", "DESC") if backwards else (">=", "ASC")
+        if from_position is None:
+            from_position = END if backwards else 0
         query = self._sql(
             f"SELECT {_COLUMNS} FROM {{s}}.events e LEFT JOIN {{s}}.streams s ON s.stream = e.stream"
             f" WHERE e.stream = %(stream)s AND e.stream_position {bound} %(from)s AND {_VISIBLE}"

@@ -33,6 +33,7 @@ from cdp.eventlog.common import (
 )
 from cdp.eventlog.port import (
     ALL,
+    END,
     START,
     AppendResult,
     EventFilter,
@@ -290,10 +291,12 @@ def _prune(
 
 
 def _read_stream(
-    conn: sqlite3.Connection, stream: str, from_position: int, backwards: bool, limit: int | None
+    conn: sqlite3.Connection, stream: str, from_position: int | None, backwards: bool, limit: int | None
 ) -> list[RecordedEvent]:
-    """One stream's visible events from a position, in either direction."""
+    """One stream's visible events from a position (None: from its first or last), in either direction."""
     bound, order = ("<=", "DESC") if backwards else (">=", "ASC")
+    if from_position is None:
+        from_position = END if backwards else 0
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM events e LEFT JOIN streams s ON s.stream = e.stream"
         f" WHERE e.stream = :stream AND e.stream_position {bound} :from AND {_VISIBLE}"
@@ -460,7 +463,12 @@ class SQLiteEventStore(EventStore):
         return results
 
     async def read_stream(
-        self, stream: str, from_position: int = 0, *, backwards: bool = False, limit: int | None = None
+        self,
+        stream: str,
+        from_position: int | None = None,
+        *,
+        backwards: bool = False,
+        limit: int | None = None,
     ) -> list[RecordedEvent]:
         """Events of one stream from a stream position (inclusive), forwards or backwards."""
         return await self._run(self._readers, _read_stream, stream, from_position, backwards, limit)

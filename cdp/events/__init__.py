@@ -35,15 +35,24 @@ from cdp.events.identity import (
     IdentifierLinked,
     IdentityRulesSet,
     MergeRejected,
+    MessagesAttributed,
     ProfilesMerged,
     ProfileSplit,
 )
 from cdp.events.ingest import AttributeDefined, CsvImportCompleted, MessageCollected, TrackingPlanPublished
+from cdp.events.platform import EventParked
 from cdp.events.segments import AudienceArchived, AudienceDefined, ComputedTraitDefined, MembershipChanged
 
 CATALOG: dict[str, tuple[type[DomainEvent], ...]] = {
     "ingest": (MessageCollected, TrackingPlanPublished, AttributeDefined, CsvImportCompleted),
-    "identity": (IdentityRulesSet, IdentifierLinked, ProfilesMerged, MergeRejected, ProfileSplit),
+    "identity": (
+        IdentityRulesSet,
+        IdentifierLinked,
+        ProfilesMerged,
+        MergeRejected,
+        ProfileSplit,
+        MessagesAttributed,
+    ),
     "segments": (AudienceDefined, AudienceArchived, ComputedTraitDefined, MembershipChanged),
     "activation": (
         DestinationConfigured,
@@ -62,8 +71,9 @@ CATALOG: dict[str, tuple[type[DomainEvent], ...]] = {
         RetentionPolicySet,
         RetentionRunCompleted,
     ),
+    "platform": (EventParked,),
 }
-"""Event classes by the service that owns (appends) them."""
+"""Event classes by the service that owns (appends) them; `platform`: what every service's reactor appends."""
 
 __all__ = [
     "CATALOG",
@@ -84,6 +94,7 @@ __all__ = [
     "ErasureRequested",
     "EventCatalogError",
     "EventMetadata",
+    "EventParked",
     "EventRegistry",
     "IdentifierLinked",
     "IdentityRulesSet",
@@ -91,6 +102,7 @@ __all__ = [
     "MembershipChanged",
     "MergeRejected",
     "MessageCollected",
+    "MessagesAttributed",
     "ProfileSplit",
     "ProfilesMerged",
     "RetentionPolicySet",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from cdp.events.envelope import DomainEvent, JsonObject
 
@@ -83,3 +84,44 @@ class ProfileSplit(DomainEvent, type_name="ProfileSplit"):
     """When the operator's split was applied."""
     automatic: bool = False
     """Made by the rebuild that follows an operator's split (a profile it leaves empty redirects onward)."""
+
+
+class Attribution(NamedTuple):
+    """One message of a `MessagesAttributed` batch."""
+
+    position: int
+    """The message's global position in the log."""
+    event_id: str
+    """The `MessageCollected` event's id."""
+    subject_id: str
+    """The message's attribution subject: its highest-priority usable identifier (its history's owner)."""
+    profile_id: str
+    """The live profile holding that subject once the batch's decisions applied; "" when it holds none."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessagesAttributed(DomainEvent, type_name="MessagesAttributed"):
+    """The profile stream: where the messages identity resolved in one batch landed; `attribution-identity`.
+
+    Identity appends one per resolved batch, after that batch's decision events, covering the messages it
+    processed with `after_position < position <= through_position` (messages it could not attribute: shredded,
+    or without a usable identifier, are left out). A message belongs, from then on, to whatever profile its
+    subject belongs to: follow `ProfilesMerged` (the merged profile's messages join the survivor),
+    `ProfileSplit` (its `subject_ids` move to `new_profile_id`) and `IdentifierLinked` (a subject that had no
+    profile gets one). See docs/events.md.
+    """
+
+    after_position: int
+    through_position: int
+    positions: tuple[int, ...]
+    event_ids: tuple[str, ...]
+    subject_ids: tuple[str, ...]
+    profile_ids: tuple[str, ...]
+    """Parallel tuples, one entry per attributed message, in log order (read them with `entries()`)."""
+
+    def entries(self) -> list[Attribution]:
+        """One `Attribution` per message, in log order."""
+        return [
+            Attribution(*entry)
+            for entry in zip(self.positions, self.event_ids, self.subject_ids, self.profile_ids, strict=True)
+        ]

@@ -33,6 +33,10 @@ REQUEST = "dsr"
 RETENTION = "retention"
 CONFIG = "config"
 """Per-service configuration (`config-ingest`, `config-identity`, …)."""
+ATTRIBUTION = "attribution"
+"""The profile stream (`attribution-identity`): which profile each collected message landed on, per batch."""
+PARKED = "parked"
+"""Events a reactor gave up on (`parked-<reactor name>`), one `EventParked` each."""
 
 SERVICES = ("ingest", "identity", "segments", "activation", "governance")
 
@@ -107,6 +111,16 @@ def request_stream(request_id: str) -> str:
 def retention_stream(policy_id: str) -> str:
     """`retention-<policy id>`: a retention policy and its runs."""
     return stream_name(RETENTION, policy_id)
+
+
+def attribution_stream(resolver: str = "identity") -> str:
+    """`attribution-identity`: the profile stream, one `MessagesAttributed` per resolved batch."""
+    return stream_name(ATTRIBUTION, resolver)
+
+
+def parked_stream(reactor: str) -> str:
+    """`parked-<reactor name>`: the events one reactor parked."""
+    return stream_name(PARKED, reactor)
 
 
 def config_stream(service: str) -> str:

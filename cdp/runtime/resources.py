@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from cdp.eventlog import EventStore, open_event_store
-from cdp.eventlog.projection import create_read_model_engine
 from cdp.keyring import Keyring, SubjectIds, load_master_key, open_keyring
 from cdp.runtime.secrets import master_key_file, subject_secret
 from cdp.runtime.settings import Settings
+from cdp.sqlengine import create_read_model_engine
 
 
 def event_store(settings: Settings) -> EventStore:

@@ -17,7 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cdp.eventlog.projection import ProjectionRunner
+from cdp.reactor import Reactor
 from cdp.runtime.auth import Access, Authenticator
 from cdp.runtime.interceptor import EdgeInterceptor
 from cdp.runtime.logging import configure_logging
@@ -42,13 +42,14 @@ class ServiceApp:
     """Required access per full method path; methods not listed need the admin token."""
 
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    """Long-running tasks (projection runners, the HTTP edge) started with the server, cancelled at shutdown."""
+    """Long-running tasks (the HTTP edge, timers) started with the server, cancelled at shutdown."""
 
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Clean-ups run after the server stopped (close the event store, dispose engines)."""
 
-    projections: list[ProjectionRunner] = field(default_factory=list)
-    """The service's projection runners: started with the server, their lag logged (see `report_lag`)."""
+    reactors: list[Reactor] = field(default_factory=list)
+    """The service's reactors (policies and projections following the log): started with the server, stopped
+    at shutdown, their lag logged and served by `cdp.ops.v1.OpsService`."""
 
 
 def method_access(service: ServiceDescriptor, methods: Iterable[str], access: Access) -> dict[str, Access]:
@@ -99,8 +100,8 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.host}:{self._requested_port}")
         await self.server.start()
-        jobs = [*self.app.background, *(runner.run for runner in self.app.projections)]
-        if self.app.projections:
+        jobs = [*self.app.background, *(reactor.run for reactor in self.app.reactors)]
+        if self.app.reactors:
             jobs.append(self._report_lag)
         self._tasks = [asyncio.create_task(self._guard(job)) for job in jobs]
         for name in ["", *names]:
@@ -134,12 +135,12 @@ class GrpcServer:
             await self.stop()
 
     async def _report_lag(self, every: float = LAG_REPORT_SECONDS) -> None:
-        """Log each projection's lag (head - checkpoint); a failed projection takes the service out of SERVING."""
+        """Log each reactor's lag (head - checkpoint); a failed reactor takes the service out of SERVING."""
         while True:
             await asyncio.sleep(every)
-            for runner in self.app.projections:
-                status = await runner.status()
-                log.info("projection_status", **dataclasses.asdict(status))
+            for reactor in self.app.reactors:
+                status = await reactor.status()
+                log.info("reactor_status", **dataclasses.asdict(status))
                 if status.state == "failed":
                     await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 

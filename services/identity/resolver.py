@@ -30,7 +30,8 @@ from cdp.eventlog.port import (
     StreamAppend,
     StreamDeleted,
 )
-from cdp.eventlog.projection import TRANSIENT, checkpoint_metadata, checkpoints
+from cdp.reactor import checkpoint_metadata, checkpoints
+from cdp.reactor.faults import is_transient
 from cdp.events import DomainEvent, EventMetadata, from_recorded
 from cdp.events.governance import SubjectErased
 from cdp.events.identity import IdentityRulesSet
@@ -189,7 +190,9 @@ class Resolver:
             try:
                 await self.catch_up()
                 await self._follow()
-            except TRANSIENT as error:  # the log or the read-model database is briefly unavailable or busy
+            except Exception as error:  # the log or the read-model database is briefly unavailable or busy
+                if not is_transient(error):
+                    raise
                 log.warning("identity_resolver_retrying", error=f"{type(error).__name__}: {error}")
                 await asyncio.sleep(1.0)
 

@@ -56,7 +56,6 @@ CSV_BATCH = 500
 PROGRESS_EVERY = 100_000
 _IMPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _WRITE_RETRIES = 3
-_END = 2**62  # reading backwards from here starts at a stream's last event
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class TrackingPlans:
     async def latest(self, plan_id: str) -> TrackingPlan | None:
         """The latest version, read from the plan's stream (strongly consistent, unlike a read model)."""
         stream = _plan_stream(plan_id)
-        events = await self._store.read_stream(stream, _END, backwards=True, limit=1) if stream else []
+        events = await self._store.read_stream(stream, backwards=True, limit=1) if stream else []
         return plan_from_event(events[0]) if events else None
 
     async def _version(self, plan_id: str, version: int) -> TrackingPlan | None:

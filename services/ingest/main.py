@@ -7,8 +7,8 @@ import asyncio
 import structlog
 
 from cdp.eventlog.group_commit import GroupCommitter
-from cdp.eventlog.projection import ProjectionRunner
 from cdp.ingest.v1 import ingest_service_pb2_grpc
+from cdp.reactor import Reactor
 from cdp.runtime import resources
 from cdp.runtime.auth import Authenticator
 from cdp.runtime.server import ServiceApp
@@ -40,13 +40,13 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     keyring = resources.keyring(settings)
     engine = resources.read_model_engine(settings, "ingest")
     state = IngestState(engine, on_erased=keyring.evict)
-    runner = ProjectionRunner(store, state, engine)
+    runner = Reactor(store, state, engine)
     committer = GroupCommitter(store)
     # Tracking plans: compiled in memory from the log, refreshed by the config projection and by publishing.
     book = PlanBook()
     enforcer = PlanEnforcer(book)
     config_view = ConfigView(engine, on_plan=book.install)
-    config_runner = ProjectionRunner(store, config_view, engine)
+    config_runner = Reactor(store, config_view, engine)
     plans = TrackingPlans(store, book)
     await plans.load_into_book()
     collector = Collector(committer, keyring, resources.subject_ids(settings), state, plans=enforcer)
@@ -93,9 +93,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         name="ingest",
         servicers=[(add, IngestServicer(collector, configuration), SERVICE.full_name)],
         access=ACCESS,
-        # The config projection runs as a background job, not in `projections`: tests and tools read
-        # min(position) over `projections` as "caught up to head", which a filtered runner never reaches.
-        background=[committer.run, housekeeping, http, flush_blocked, config_runner.run],
+        background=[committer.run, housekeeping, http, flush_blocked],
         on_stop=[close],
-        projections=[runner],
+        reactors=[runner, config_runner],
     )

@@ -213,6 +213,10 @@ class EventStoreContract(abc.ABC):
         assert [e.stream_position for e in await store.read_stream(f"{cat}-a", 1, limit=2)] == [1, 2]
         backwards = await store.read_stream(f"{cat}-a", 3, backwards=True)
         assert [e.stream_position for e in backwards] == [3, 2, 1, 0]
+        assert [e.stream_position for e in await store.read_stream(f"{cat}-a", backwards=True, limit=1)] == [
+            4
+        ]
+        assert [e.stream_position for e in await store.read_stream(f"{cat}-a", limit=1)] == [0]
         latest = await store.read_stream(f"{cat}-a", 2**62, backwards=True, limit=2)
         assert [e.stream_position for e in latest] == [4, 3]
         assert await store.read_stream(f"{cat}-a", 5) == []

@@ -41,9 +41,11 @@ class Ingest:
         events = await self.log.read_all(filter=EventFilter(event_types=("MessageCollected",)))
         return [event for event in map(from_recorded, events) if isinstance(event, MessageCollected)]
 
-    def projection_position(self) -> int:
-        """How far ingest's read model has followed the log."""
-        return min(runner.position for runner in self.server.app.projections)
+    async def settled(self) -> None:
+        """Wait until every read model of ingest has followed the log up to its current head."""
+        head = await self.log.head_position()
+        for reactor in self.server.app.reactors:
+            await reactor.wait_for(head, within=60)
 
     def subject(self, kind: str, value: str) -> str:
         return resources.subject_ids(self.settings)(kind, value)

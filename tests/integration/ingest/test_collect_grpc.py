@@ -185,12 +185,7 @@ async def test_messages_of_a_suppressed_subject_are_dropped(ingest: Ingest) -> N
 
 async def until_projected(ingest: Ingest) -> None:
     """Wait until ingest's read model has caught up with the log (it follows it in the background)."""
-    head = await ingest.log.head_position()
-    for _ in range(500):
-        if ingest.projection_position() >= head:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("ingest's read model did not catch up")
+    await ingest.settled()
 
 
 async def test_stream_messages_acknowledges_every_message_in_order(ingest: Ingest) -> None:

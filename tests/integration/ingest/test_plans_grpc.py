@@ -13,10 +13,11 @@ from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
 from cdp.common.v1 import message_pb2
-from cdp.eventlog.projection import ProjectionRunner, create_read_model_engine
 from cdp.ingest.v1 import ingest_service_pb2 as pb
+from cdp.reactor import Reactor
 from cdp.runtime import resources
 from cdp.runtime.errors import field_violations
+from cdp.sqlengine import create_read_model_engine
 from services.ingest.config_readmodel import ConfigView, ViolationFilter
 from tests.integration.ingest.conftest import WRITE_KEY, Ingest, message, running_ingest, settings_for
 
@@ -298,7 +299,7 @@ async def test_the_config_read_model_rebuilt_from_the_log_equals_the_live_one(
         await asyncio.sleep(0.05)
     engine = create_read_model_engine(f"sqlite:///{tmp_path / 'rebuilt.db'}")
     rebuilt = ConfigView(engine)
-    await ProjectionRunner(ingest.log, rebuilt, engine).catch_up()
+    await Reactor(ingest.log, rebuilt, engine).catch_up()
     web = ViolationFilter(source_id="web")  # blocked counts are a counter table, not part of the projection
     assert rebuilt.violations(web, 100, 0) == live.violations(web, 100, 0)
     assert rebuilt.attributes(10, "") == live.attributes(10, "")

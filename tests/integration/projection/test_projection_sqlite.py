@@ -1,4 +1,5 @@
-"""The projection runner over the real SQLite event log, with file (and PostgreSQL) read models."""
+"""Projections over the real SQLite event log, with file (and PostgreSQL) read models (the reactor contract in
+tests/integration/reactor/ covers reactors that append)."""
 
 from __future__ import annotations
 
@@ -16,27 +17,24 @@ from sqlalchemy import Engine, create_engine, text
 
 from cdp.eventlog import open_event_store
 from cdp.eventlog.port import EventStore
-from cdp.eventlog.projection import (
-    ProjectionConflict,
-    ProjectionRunner,
-    RetryPolicy,
-    create_read_model_engine,
-)
-from tests.unit.projection.counting import EventTypeCounts, events, read_counts
+from cdp.reactor import Reactor
+from cdp.sqlengine import create_read_model_engine
+from tests.unit.reactor.counting import EventTypeCounts, events, read_counts
 
 ROOT = Path(__file__).resolve().parents[3]
 POSTGRES = os.environ.get("CDP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CRASHING_RUNNER = """
 import asyncio, sys
 from cdp.eventlog import open_event_store
-from cdp.eventlog.projection import ProjectionRunner, create_read_model_engine
-from tests.unit.projection.counting import EventTypeCounts
+from cdp.reactor import Reactor
+from cdp.sqlengine import create_read_model_engine
+from tests.unit.reactor.counting import EventTypeCounts
 
 async def main():
     store = open_event_store(sys.argv[1])
     engine = create_read_model_engine(sys.argv[2])
     print("started", flush=True)
-    await ProjectionRunner(store, EventTypeCounts(delay=0.02), engine, batch_size=7).catch_up()
+    await Reactor(store, EventTypeCounts(delay=0.02), engine, batch_size=7).catch_up()
 
 asyncio.run(main())
 """
@@ -94,7 +92,7 @@ async def test_rebuild_equals_live_on_the_postgres_log(engine: Engine, tmp_path:
 async def rebuild_equals_live(store: EventStore, engine: Engine, tmp_path: Path) -> None:
     """Live projection while appends happen, then a rebuild and a fresh database: all three agree."""
     await store.append("page-0", events(300))
-    live = ProjectionRunner(store, EventTypeCounts(), engine, batch_size=50)
+    live = Reactor(store, EventTypeCounts(), engine, batch_size=50)
     task = asyncio.create_task(live.run())
     for n in range(20):
         await store.append(f"page-{n + 1}", events(n + 1, ("Bought", "Refunded")))
@@ -108,7 +106,7 @@ async def rebuild_equals_live(store: EventStore, engine: Engine, tmp_path: Path)
     await live.rebuild()
     assert read_counts(engine) == before
     fresh = create_read_model_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
-    await ProjectionRunner(store, EventTypeCounts(), fresh, batch_size=13).catch_up()
+    await Reactor(store, EventTypeCounts(), fresh, batch_size=13).catch_up()
     assert read_counts(fresh) == before
     fresh.dispose()
 
@@ -131,25 +129,9 @@ async def test_killed_process_resumes_to_the_same_result(store: EventStore, tmp_
     assert sum(read_counts(engine).values()) == len(
         applied
     )  # the model holds exactly what the checkpoint says
-    await ProjectionRunner(store, EventTypeCounts(), engine, batch_size=7).catch_up()
+    await Reactor(store, EventTypeCounts(), engine, batch_size=7).catch_up()
     assert read_counts(engine) == {"Viewed": 67, "Clicked": 67, "Bought": 66}
     engine.dispose()
-
-
-async def test_two_runners_on_one_read_model_conflict(store: EventStore, engine: Engine) -> None:
-    fast = RetryPolicy(0.001, 0.01)
-    first = ProjectionRunner(store, EventTypeCounts(delay=0.05), engine, retry=fast)
-    second = ProjectionRunner(store, EventTypeCounts(delay=0.05), engine, retry=fast)
-    tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
-    await until(lambda: first._state.value == "live" and second._state.value == "live")
-    await store.append("page-1", events(3))
-    done, pending = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-    assert len(done) == 1
-    assert isinstance(done.pop().exception(), ProjectionConflict)
-    first.stop()
-    second.stop()
-    await asyncio.gather(*pending)
-    assert sum(read_counts(engine).values()) == 3
 
 
 @pytest.mark.postgres
@@ -166,7 +148,7 @@ async def test_postgres_read_model(store: EventStore) -> None:
     engine = create_read_model_engine(POSTGRES.rsplit("/", 1)[0] + f"/{name}")
     try:
         await store.append("page-1", events(40))
-        runner = ProjectionRunner(store, EventTypeCounts(), engine, batch_size=9)
+        runner = Reactor(store, EventTypeCounts(), engine, batch_size=9)
         assert await runner.catch_up() == await store.head_position()
         before = read_counts(engine)
         await runner.rebuild()

@@ -19,15 +19,28 @@ counts = Table(
 )
 
 
+class SimulatedCrash(BaseException):
+    """The process dies here: no `except Exception` in the runner catches it."""
+
+
 class EventTypeCounts:
-    """Counts events per type; `fail_at` makes it crash on that global position (a simulated bug or kill)."""
+    """Counts events per type; `fail_at` fails on that global position every time (a bug or a poison event),
+    `crash_at` kills the process there (once)."""
 
     name = "event_type_counts"
     metadata = metadata
 
-    def __init__(self, filter: EventFilter = ALL, *, fail_at: int | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        filter: EventFilter = ALL,
+        *,
+        fail_at: int | None = None,
+        crash_at: int | None = None,
+        delay: float = 0.0,
+    ) -> None:
         self.filter = filter
         self.fail_at = fail_at
+        self.crash_at = crash_at
         self.delay = delay
         self.batches: list[int] = []
         self.entered = threading.Event()
@@ -37,7 +50,9 @@ class EventTypeCounts:
         self.entered.set()
         for event in events:
             if event.global_position == self.fail_at:
-                raise RuntimeError(f"simulated crash at {event.global_position}")
+                raise RuntimeError(f"cannot count the event at {event.global_position}")
+            if event.global_position == self.crash_at:
+                raise SimulatedCrash(f"simulated crash at {event.global_position}")
             current = session.scalar(select(counts.c.count).where(counts.c.event_type == event.type))
             if current is None:
                 session.execute(counts.insert().values(event_type=event.type, count=1))

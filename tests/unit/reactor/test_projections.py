@@ -1,4 +1,4 @@
-"""The projection runner over the in-memory log and an in-memory SQLite read model."""
+"""Projections (reactors that append nothing) over the in-memory log and an in-memory SQLite read model."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sqlalchemy.pool import StaticPool
 
 from cdp.eventlog.memory import InMemoryEventStore
 from cdp.eventlog.port import ALL, START, EventFilter, EventStoreUnavailable, RecordedEvent
-from cdp.eventlog.projection import ProjectionRunner, RetryPolicy, checkpoints
-from tests.unit.projection.counting import EventTypeCounts, events, read_counts
+from cdp.reactor import Reactor, RetryPolicy, checkpoints
+from tests.unit.reactor.counting import EventTypeCounts, SimulatedCrash, events, read_counts
 
 FAST_RETRY = RetryPolicy(initial=0.001, maximum=0.01)
 
@@ -32,10 +32,8 @@ def store() -> InMemoryEventStore:
     return InMemoryEventStore()
 
 
-def runner(
-    store: Any, engine: Engine, projection: EventTypeCounts | None = None, **kw: Any
-) -> ProjectionRunner:
-    return ProjectionRunner(store, projection or EventTypeCounts(), engine, retry=FAST_RETRY, **kw)
+def runner(store: Any, engine: Engine, projection: EventTypeCounts | None = None, **kw: Any) -> Reactor:
+    return Reactor(store, projection or EventTypeCounts(), engine, retry=FAST_RETRY, **kw)
 
 
 def stored_checkpoint(engine: Engine) -> int | None:
@@ -66,14 +64,31 @@ async def test_a_crash_mid_way_leaves_model_and_checkpoint_consistent(
     store: InMemoryEventStore, engine: Engine
 ) -> None:
     await store.append("page-1", events(30))
-    crashing = runner(store, engine, EventTypeCounts(fail_at=17), batch_size=5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    crashing = runner(store, engine, EventTypeCounts(crash_at=17), batch_size=5)
+    with pytest.raises(SimulatedCrash):
         await crashing.catch_up()
     assert stored_checkpoint(engine) == 14
     assert sum(read_counts(engine).values()) == 15  # exactly the events up to the checkpoint
     assert (await crashing.status()).state == "failed"
     await runner(store, engine, batch_size=5).catch_up()
     assert read_counts(engine) == {"Viewed": 10, "Clicked": 10, "Bought": 10}
+
+
+async def test_an_event_that_keeps_failing_is_parked_and_the_others_are_applied(
+    store: InMemoryEventStore, engine: Engine
+) -> None:
+    await store.append("page-1", events(30))
+    projection = EventTypeCounts(EventFilter(categories=("page",)), fail_at=17)
+    counting = runner(store, engine, projection, batch_size=5)
+    assert await counting.catch_up() == 29
+    assert sum(read_counts(engine).values()) == 29  # all but the parked one
+    assert read_counts(engine)["Bought"] == 9  # position 17 is the 18th event: a "Bought"
+    status = await counting.status()
+    assert (status.parked, status.state, status.lag) == (1, "idle", 0)
+    [parked] = await store.read_stream("parked-event_type_counts")
+    assert parked.type == "EventParked" and b"cannot count the event at 17" in parked.data
+    # The batch of five was split until the failing event stood alone; every other event was applied once.
+    assert sum(projection.batches) == 29
 
 
 async def test_running_again_is_harmless(store: InMemoryEventStore, engine: Engine) -> None:
@@ -238,9 +253,7 @@ async def test_transient_database_faults_roll_back_and_retry(
 
 async def test_retries_give_up_after_max_attempts(engine: Engine) -> None:
     store = FlakyStore(failures=10)
-    limited = ProjectionRunner(
-        store, EventTypeCounts(), engine, retry=RetryPolicy(0.001, 0.001, max_attempts=2)
-    )
+    limited = Reactor(store, EventTypeCounts(), engine, retry=RetryPolicy(0.001, 0.001, max_attempts=2))
     with pytest.raises(EventStoreUnavailable):
         await limited.catch_up()
     assert (await limited.status()).state == "failed"
@@ -249,7 +262,7 @@ async def test_retries_give_up_after_max_attempts(engine: Engine) -> None:
 async def test_stop_interrupts_a_backoff() -> None:
     store = FlakyStore(failures=1000)
     engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
-    slow = ProjectionRunner(store, EventTypeCounts(), engine, retry=RetryPolicy(initial=30, maximum=30))
+    slow = Reactor(store, EventTypeCounts(), engine, retry=RetryPolicy(initial=30, maximum=30))
     task = asyncio.create_task(slow.run())
     await until(lambda: slow._state.value == "retrying")
     slow.stop()
@@ -263,3 +276,21 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
     ceilings = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     assert len(set(delays)) == len(delays)
+
+
+async def test_waiting_for_a_position_past_events_the_filter_skips_needs_no_new_event(
+    store: InMemoryEventStore, engine: Engine
+) -> None:
+    """The missed wake-up behind stalled waits: the head is an event the reactor does not follow (its own
+    appends, another service's), so no batch will ever move its checkpoint there."""
+    filtered = runner(store, engine, EventTypeCounts(EventFilter(categories=("page",))))
+    task = asyncio.create_task(filtered.run())
+    await store.append("page-1", events(3))
+    await filtered.wait_for(await store.head_position())
+    await store.append("other-1", events(4))  # after the reactor went idle: nothing wakes it
+    await filtered.wait_for(await store.head_position(), within=30)
+    await store.append("page-2", events(2))
+    await filtered.wait_for(await store.head_position())
+    assert sum(read_counts(engine).values()) == 5
+    filtered.stop()
+    await task
