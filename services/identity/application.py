@@ -24,8 +24,10 @@ from services.identity.domain.graph import Graph
 from services.identity.domain.identifiers import Hasher, normalise
 from services.identity.domain.rules import Rules, default_rules, rules_from_json, rules_to_json
 from services.identity.domain.splits import SplitRequest, plan_split
+from services.identity.observer import Observer
 from services.identity.readmodel import State, decision_row
-from services.identity.resolver import Observer, Resolver, replay_profile
+from services.identity.replay import replay_profile
+from services.identity.resolver import Resolver
 
 RULES_STREAM = config_stream("identity")
 T = TypeVar("T")

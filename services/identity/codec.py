@@ -141,6 +141,20 @@ def new_events(decisions: Iterable[Decision], metadata: EventMetadata) -> list[t
     return events
 
 
+def runs(decided: Iterable[Decision], meta: EventMetadata) -> list[tuple[str, list[NewEvent]]]:
+    """One message's decisions as appends: consecutive ones for one stream share a part.
+
+    Parts never span two messages, so a re-run after a crash forms exactly the same parts whatever its batch
+    boundaries, and each part is recognised as already stored (idempotency by event id).
+    """
+    found: list[tuple[str, list[NewEvent]]] = []
+    for stream, event in new_events(decided, meta):
+        if not found or found[-1][0] != stream:
+            found.append((stream, []))
+        found[-1][1].append(event)
+    return found
+
+
 def _linked_event(decision: Linked, meta: dict[str, str]) -> NewEvent:
     """`IdentifierLinked` encoded directly: the most frequent decision, on the resolver's hot path.
 

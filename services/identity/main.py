@@ -14,7 +14,13 @@ from services.identity.resolver import Resolver
 
 
 async def build(settings: Settings) -> ServiceApp:
-    """Wire the identity service for these settings; the resolver runs as a background task."""
+    """Wire the identity service for these settings; the resolver's reactor runs with the server."""
+    app, _ = await assemble(settings)
+    return app
+
+
+async def assemble(settings: Settings) -> tuple[ServiceApp, Resolver]:
+    """The service, and its resolver (which tests and tools drive directly)."""
     store = resources.event_store(settings)
     keyring = resources.keyring(settings)
     engine = resources.read_model_engine(settings, "identity")
@@ -28,9 +34,10 @@ async def build(settings: Settings) -> ServiceApp:
         engine.dispose()
 
     add = identity_service_pb2_grpc.add_IdentityServiceServicer_to_server
-    return ServiceApp(
+    service = ServiceApp(
         name="identity",
         servicers=[(add, IdentityServicer(app), SERVICE.full_name)],
-        background=[resolver.run],
         on_stop=[stop],
+        reactors=[resolver.reactor],
     )
+    return service, resolver

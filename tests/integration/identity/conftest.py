@@ -23,7 +23,7 @@ from cdp.keyring import Keyring, SubjectIds
 from cdp.runtime import resources
 from cdp.runtime.server import GrpcServer
 from cdp.runtime.settings import Settings
-from services.identity.main import build
+from services.identity.main import assemble
 from services.identity.resolver import Resolver
 
 ADMIN = (("authorization", "Bearer dev-admin-token"),)
@@ -111,8 +111,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
 @pytest.fixture
 async def harness(tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[Harness]:
     settings = settings_for(tmp_path, **backend)
-    app = await build(settings)
-    resolver = app.background[0].__self__  # type: ignore[attr-defined]
+    app, resolver = await assemble(settings)
     server = GrpcServer(app, settings, port=0)
     await server.start()
     store, keyring = resources.event_store(settings), resources.keyring(settings)

@@ -15,7 +15,7 @@ from cdp.events.governance import SubjectErased
 from cdp.events.streams import consent_stream
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.runtime.errors import field_violations
-from services.identity import resolver as resolver_module
+from services.identity import splitting as splitting_module
 from tests.integration.identity.conftest import ADMIN, Harness
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
@@ -235,7 +235,7 @@ async def test_a_split_too_large_to_rebuild_still_re_decides_what_it_refused(
 ) -> None:
     """Beyond `REBUILD_LIMIT` messages a split re-decides only the refused messages (the kiosk case still
     comes out right; a claimed identifier would not be taken back)."""
-    monkeypatch.setattr(resolver_module, "REBUILD_LIMIT", 3)
+    monkeypatch.setattr(splitting_module, "REBUILD_LIMIT", 3)
     h = harness
     await h.collect("identify", at=T0, userId="user-9", anonymousId="kiosk")
     for n in range(1, 6):

@@ -18,15 +18,18 @@ from cdp.events import EventMetadata
 from cdp.events.governance import SubjectErased
 from cdp.events.streams import consent_stream
 from cdp.runtime import resources
+from services.identity import observer as observer_module
 from services.identity import readmodel
-from services.identity import resolver as resolver_module
+from services.identity import resolution as resolution_module
 from services.identity.domain.decisions import Split
 from services.identity.domain.graph import Graph
 from services.identity.domain.splits import split_identifier
+from services.identity.observer import Observer
 from services.identity.prepare import OpenerProcess
 from services.identity.queries import record_from_state
 from services.identity.readmodel import State
-from services.identity.resolver import Observer, Resolver, replay, replay_profile
+from services.identity.replay import replay, replay_profile
+from services.identity.resolver import Resolver
 from tests.integration.identity.conftest import Harness, settings_for
 from tests.integration.identity.test_identity_grpc import T0
 
@@ -115,10 +118,12 @@ async def test_a_split_appended_but_not_saved_is_recovered_from_the_log(
     user, device = log.ids("user_id", "u3"), log.ids("anonymous_id", "device-3")
     build = cut(user, device)
 
-    def fail(position: int) -> None:
+    def fail(state: State) -> None:
         raise OSError("the read-model database went away")
 
-    monkeypatch.setattr(log.resolver, "_save", fail)  # the fault: after the split's append, before its save
+    monkeypatch.setattr(
+        log.resolver.resolution, "save", fail
+    )  # the fault: after the split's append, before its save
     with pytest.raises(OSError):
         await log.resolver.split(build, "admin")
     monkeypatch.undo()
@@ -145,16 +150,16 @@ async def test_opening_pages_in_a_worker_process_decides_the_same(
     await collect_people(log, range(0, 30), random.Random(7))
     snapshots, heads = [], []
     opened = 0
-    original = resolver_module.Observer.opened
+    original = observer_module.Observer.opened
 
-    def counting(self: resolver_module.Observer, *args: Any) -> Any:
+    def counting(self: observer_module.Observer, *args: Any) -> Any:
         nonlocal opened
         opened += 1
         return original(self, *args)
 
-    monkeypatch.setattr(resolver_module.Observer, "opened", counting)
+    monkeypatch.setattr(observer_module.Observer, "opened", counting)
     for name, pipelined in (("here", 10**9), ("worker", 1)):
-        monkeypatch.setattr(resolver_module, "PIPELINE_BATCH", pipelined)
+        monkeypatch.setattr(resolution_module, "PIPELINE_BATCH", pipelined)
         engine = resources.read_model_engine(settings_for(tmp_path / name), "identity")
         try:
             resolver = Resolver(log.store, log.keyring, log.ids, engine, batch_size=20)
