@@ -3,6 +3,7 @@ decisions) without the graph sees every profile's messages exactly as identity's
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -86,7 +87,7 @@ async def test_each_message_is_attributed_once_and_the_batches_tile_the_log_thro
 
     batches = await attributions(log)
     assert batches[0].after_position == -1
-    for before, after in zip(batches, batches[1:], strict=False):
+    for before, after in itertools.pairwise(batches):
         assert after.after_position == before.through_position  # consecutive ranges, no gap, no overlap
     named = [entry.position for batch in batches for entry in batch.entries()]
     assert len(named) == len(set(named)), "a message was attributed twice"
