@@ -68,4 +68,4 @@ bench: setup
 	$(PY) -m bench.identity
 
 clean: down
-	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance
+	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance cdp/ops

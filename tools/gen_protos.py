@@ -18,7 +18,7 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 # The only top-level cdp/ packages this script owns; every other cdp/ path is hand-written.
-GENERATED_PACKAGES = ("common", "ingest", "identity", "segments", "activation", "governance")
+GENERATED_PACKAGES = ("common", "ingest", "identity", "segments", "activation", "governance", "ops")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -17,10 +18,13 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cdp.ops.v1 import ops_service_pb2_grpc
 from cdp.reactor import Reactor
 from cdp.runtime.auth import Access, Authenticator
 from cdp.runtime.interceptor import EdgeInterceptor
 from cdp.runtime.logging import configure_logging
+from cdp.runtime.ops import SERVICE as OPS_SERVICE
+from cdp.runtime.ops import OpsServicer
 from cdp.runtime.settings import Settings
 
 log = structlog.get_logger("cdp.server")
@@ -89,8 +93,13 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Bind, serve, report SERVING, start background tasks."""
-        names = [full_name for _, _, full_name in self.app.servicers]
-        for add, servicer, _ in self.app.servicers:
+        ops = OpsServicer(self.app.name, self.app.reactors, datetime.now(UTC))
+        servicers = [
+            *self.app.servicers,
+            (ops_service_pb2_grpc.add_OpsServiceServicer_to_server, ops, OPS_SERVICE.full_name),
+        ]
+        names = [full_name for _, _, full_name in servicers]
+        for add, servicer, _ in servicers:
             add(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
