@@ -72,10 +72,19 @@ class Endpoint:
     """A port the cluster listens on, the service process behind it and the setting that chooses it."""
 
     name: str
+    """The row's name in `status`."""
+
     service: str
+    """The service whose process listens here."""
+
     variable: str
+    """The setting that chooses the port (`CDP_SEGMENTS_PORT`)."""
+
     port: int
+    """The port."""
+
     probe: Callable[[str], str]
+    """The health check for `host:port`: gRPC health, or ingest's HTTP `/health`."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ class Cluster:
         problems = self.port_problems(running)
         if problems:
             raise ClusterError(
-                "nothing started; these ports are not free:\n"
+                "nothing started; the servers cannot listen where the settings say:\n"
                 + "".join(f"  {problem}\n" for problem in problems)
                 + "Stop what holds them (another cluster: `make down` where it runs) or choose other ports."
             )
@@ -149,24 +158,25 @@ class Cluster:
         return [self._state(endpoint) for endpoint in self.endpoints()]
 
     def port_problems(self, running: Collection[str] = ()) -> list[str]:
-        """Why the servers of the services not `running` could not bind their ports, one line per port."""
-        endpoints = [endpoint for endpoint in self.endpoints() if endpoint.service not in running]
+        """Why the servers of the services not `running` could not listen where the settings say, one per line."""
         problems = _shared_ports(self.endpoints())
-        for endpoint in endpoints:
-            if not 0 < endpoint.port <= 65535:
-                problems.append(f"{endpoint.variable}={endpoint.port}: the cluster needs a fixed TCP port")
-                continue
-            error = bind_error(self.settings.host, endpoint.port)
-            if isinstance(error, socket.gaierror):
-                return [f"CDP_HOST={self.settings.host} cannot be resolved: {error.strerror}"]
-            if error is not None and error.errno == errno.EADDRINUSE:
-                problems.append(f"{endpoint.variable}={endpoint.port} is in use by {_holder(endpoint.port)}")
-            elif error is not None:
-                problems.append(
-                    f"{endpoint.variable}={endpoint.port} cannot be bound on {self.settings.host}: "
-                    f"{error.strerror or error}"
-                )
+        for endpoint in self.endpoints():
+            if endpoint.service not in running and (problem := self._port_problem(endpoint)):
+                problems.append(problem)
         return problems
+
+    def _port_problem(self, endpoint: Endpoint) -> str | None:
+        setting, host = f"{endpoint.variable}={endpoint.port}", self.settings.host
+        if not 0 < endpoint.port <= 65535:
+            return f"{setting}: the cluster needs a fixed TCP port"
+        error = bind_error(host, endpoint.port)
+        if error is None:
+            return None
+        if isinstance(error, socket.gaierror):
+            return f"{setting}: CDP_HOST={host} cannot be resolved ({error.strerror})"
+        if error.errno == errno.EADDRINUSE:
+            return f"{setting} is in use by {_holder(endpoint.port)}"
+        return f"{setting} cannot be bound on {host}: {error.strerror or error}"
 
     def _state(self, endpoint: Endpoint) -> ServiceState:
         address = f"{self.settings.host}:{endpoint.port}"

@@ -1,4 +1,4 @@
-"""The port probes `cdp up` runs before it spawns anything, on real sockets and processes on loopback."""
+"""The port and process probes of the local cluster, on real sockets and processes on loopback."""
 
 import errno
 import os
@@ -6,11 +6,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2_grpc
 
-from cdp.runtime.cluster import Cluster
+from cdp.runtime.cluster import Cluster, ServiceState, check_health
 from cdp.runtime.logtail import last_lines
 from cdp.runtime.ports import bind_error, listening_inodes, listens_elsewhere, pids_holding
 from cdp.runtime.settings import SERVICES, Settings
@@ -137,3 +140,71 @@ def test_the_log_tail_starts_where_this_start_began_and_never_mid_line(tmp_path:
     assert tail[-1] == "line 999" and all(line.startswith("line ") for line in tail)
     assert len(tail) < 1000
     assert last_lines(tmp_path / "missing.log") == []
+
+
+HEALTH_SERVER = """
+import sys, time
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(2))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def impostors(tmp_path: Path) -> Iterator[tuple[Cluster, dict[str, int]]]:
+    """A cluster whose pid files name real processes: `segments` serves health itself, `identity` does not."""
+    ports = free_ports(len(SERVICES) + 1)
+    env = {f"CDP_{name.upper()}_PORT": str(port) for name, port in zip(SERVICES, ports, strict=False)}
+    env |= {"CDP_DATA_DIR": str(tmp_path), "CDP_HTTP_PORT": str(ports[-1])}
+    cluster = Cluster(Settings.from_env(env))
+    # The service name in argv is what the cluster's command-line check looks for.
+    serving = subprocess.Popen(
+        [sys.executable, "-c", HEALTH_SERVER, env["CDP_SEGMENTS_PORT"], "services.segments"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    silent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "services.identity"], stdin=subprocess.PIPE
+    )
+    assert serving.stdout is not None and serving.stdout.readline().strip() == "ready"
+    cluster.run_dir.mkdir(parents=True)
+    for name, process in (("segments", serving), ("identity", silent)):
+        (cluster.run_dir / f"{name}.pid").write_text(str(process.pid))
+    yield cluster, {"segments": serving.pid, "identity": silent.pid}
+    for process in (serving, silent):
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def test_a_health_check_answered_by_another_process_is_not_our_service_serving(
+    impostors: tuple[Cluster, dict[str, int]],
+) -> None:
+    cluster, pids = impostors
+    identity_port = cluster.settings.port_of("identity")
+    other = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), other)
+    other.add_insecure_port(f"127.0.0.1:{identity_port}")
+    other.start()
+    try:
+        assert check_health(f"127.0.0.1:{identity_port}") == "SERVING", (
+            "someone does answer at identity's port"
+        )
+        states = {state.name: state for state in cluster.status()}
+    finally:
+        other.stop(None)
+    assert states["segments"] == ServiceState(
+        "segments", pids["segments"], f"127.0.0.1:{cluster.settings.port_of('segments')}", "SERVING"
+    ), "its own process holds the socket that answers"
+    assert states["identity"].health == "UNREACHABLE"
+    assert states["identity"].detail.startswith(f"port {identity_port} is held by pid {os.getpid()} (")
+    assert [states[name].health for name in ("ingest", "ingest-http", "activation", "governance")] == [
+        "STOPPED"
+    ] * 4
