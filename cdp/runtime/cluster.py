@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cdp.runtime.logtail import last_lines, readable, reason
-from cdp.runtime.ports import bind_error, listening_inodes, listens_elsewhere, pids_holding
+from cdp.runtime.ports import LISTEN, TIME_WAIT, bind_error, listens_elsewhere, pids_holding, sockets_on
 from cdp.runtime.secrets import ensure_local_secrets
 from cdp.runtime.settings import SERVICES, Settings
 
@@ -323,10 +323,24 @@ def _shared_ports(endpoints: list[Endpoint]) -> list[str]:
 
 
 def _holder(port: int) -> str:
-    """Who listens on `port`, as precisely as /proc lets us say."""
-    pids = pids_holding(listening_inodes(port) or set())
-    if not pids:
-        return "another process"
+    """Who holds `port`, as precisely as /proc lets us say."""
+    sockets = sockets_on(port) or []
+    listeners = {sock.inode for sock in sockets if sock.state == LISTEN}
+    if listeners:
+        return _processes(pids_holding(listeners)) or "another user's process"
+    waiting = [sock for sock in sockets if sock.state == TIME_WAIT]
+    if waiting:
+        return (
+            f"a closed connection to {waiting[0].remote} in TIME_WAIT (an outgoing connection got this port; "
+            "the kernel frees it within a minute)"
+        )
+    if sockets:
+        owner = _processes(pids_holding({sock.inode for sock in sockets}))
+        return f"a connection to {sockets[0].remote}" + (f" of {owner}" if owner else "")
+    return "another process"
+
+
+def _processes(pids: list[int]) -> str:
     return ", ".join(f"pid {pid} ({_short(_command_line(pid)) or 'unknown command'})" for pid in pids)
 
 

@@ -1,9 +1,12 @@
 """TCP ports of the local cluster: can a server bind this port, and which process listens on it.
 
 The bind probe sets the options our servers set: gRPC core and aiohttp (asyncio's `create_server`) both bind
-with SO_REUSEADDR and, here, without SO_REUSEPORT (`grpc.so_reuseport` is 0). With SO_REUSEADDR a port whose
-only sockets are in TIME_WAIT can be bound, so a cluster restarted at once is not refused; a listening socket
-still makes the bind fail with EADDRINUSE, exactly as it makes the server's bind fail.
+with SO_REUSEADDR and, here, without SO_REUSEPORT (`grpc.so_reuseport` is 0), so it fails exactly when the
+servers' bind would. A listening socket makes it fail with EADDRINUSE. A connection a server closed stays in
+TIME_WAIT with the listener's SO_REUSEADDR, which lets the next bind through: a cluster restarted at once is not
+refused. But the ports we use lie in Linux's ephemeral range (32768-60999), and an outgoing connection of any
+program (a PostgreSQL client, say) that got one of them and closed first leaves a TIME_WAIT *without*
+SO_REUSEADDR: that one does block the servers for up to a minute, so the probe reports it, and says so.
 
 Who listens is read from Linux's /proc: `/proc/net/tcp{,6}` maps a listening port to socket inodes and
 `/proc/<pid>/fd` maps a process to the inodes it holds. Other users' descriptors cannot be read, so an answer
@@ -16,9 +19,11 @@ import contextlib
 import errno
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-_LISTEN = "0A"  # the TCP state column of /proc/net/tcp: 0A is LISTEN, 06 TIME_WAIT
+LISTEN = "0A"
+TIME_WAIT = "06"
 _TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 
 
@@ -37,9 +42,24 @@ def bind_error(host: str, port: int) -> OSError | None:
     return errors[0] if errors and all(errors) else None
 
 
-def listening_inodes(port: int) -> set[int] | None:
-    """Inodes of the sockets listening on `port` on any address (`None`: this system has no /proc/net/tcp)."""
-    inodes: set[int] = set()
+@dataclass(frozen=True)
+class TcpSocket:
+    """One row of /proc/net/tcp{,6}: a socket using a local port."""
+
+    port: int
+    remote: str
+    """`address:port` of the peer (`0.0.0.0:0` for a listener)."""
+
+    state: str
+    """The kernel's state code: `0A` LISTEN, `06` TIME_WAIT, `01` ESTABLISHED, …"""
+
+    inode: int
+    """0 for a TIME_WAIT socket, which no process holds any more."""
+
+
+def sockets_on(port: int) -> list[TcpSocket] | None:
+    """Every TCP socket whose local port is `port`, in any state (`None`: this system has no /proc/net/tcp)."""
+    found: list[TcpSocket] = []
     readable = False
     for table in _TABLES:
         try:
@@ -49,9 +69,15 @@ def listening_inodes(port: int) -> set[int] | None:
         readable = True
         for line in lines:
             columns = line.split()
-            if len(columns) > 9 and columns[3] == _LISTEN and int(columns[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(int(columns[9]))
-    return inodes if readable else None
+            if len(columns) > 9 and int(columns[1].rsplit(":", 1)[1], 16) == port:
+                found.append(TcpSocket(port, _address(columns[2]), columns[3], int(columns[9])))
+    return found if readable else None
+
+
+def listening_inodes(port: int) -> set[int] | None:
+    """Inodes of the sockets listening on `port` on any address (`None`: this system has no /proc/net/tcp)."""
+    found = sockets_on(port)
+    return None if found is None else {sock.inode for sock in found if sock.state == LISTEN}
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -100,3 +126,13 @@ def _try_bind(family: int, address: tuple[object, ...]) -> OSError | None:
     finally:
         sock.close()
     return None
+
+
+def _address(hex_address: str) -> str:
+    """`0100007F:1538` (32-bit words in the kernel's byte order) as `127.0.0.1:5432`."""
+    host, port = hex_address.rsplit(":", 1)
+    raw = bytes.fromhex(host)
+    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET6 if len(packed) == 16 else socket.AF_INET
+    text = socket.inet_ntop(family, packed).removeprefix("::ffff:")  # a v4-mapped peer reads as v4
+    return f"[{text}]:{int(port, 16)}" if ":" in text else f"{text}:{int(port, 16)}"

@@ -15,7 +15,14 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from cdp.runtime.cluster import Cluster, ServiceState, check_health
 from cdp.runtime.logtail import last_lines
-from cdp.runtime.ports import bind_error, listening_inodes, listens_elsewhere, pids_holding
+from cdp.runtime.ports import (
+    TIME_WAIT,
+    bind_error,
+    listening_inodes,
+    listens_elsewhere,
+    pids_holding,
+    sockets_on,
+)
 from cdp.runtime.settings import SERVICES, Settings
 from tests.e2e.conftest import free_ports
 
@@ -51,8 +58,8 @@ def other_process_port() -> Iterator[tuple[int, int]]:
     child.wait(timeout=30)
 
 
-def time_wait_port() -> int:
-    """A port whose only socket is in TIME_WAIT: the server side closed an accepted connection first."""
+def server_time_wait_port() -> int:
+    """A port left in TIME_WAIT by a server (SO_REUSEADDR, as ours) that closed an accepted connection first."""
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", 0))
@@ -65,6 +72,34 @@ def time_wait_port() -> int:
     client.close()
     server.close()
     return port
+
+
+def client_time_wait_port(listener: socket.socket) -> int:
+    """A port left in TIME_WAIT by an outgoing connection (no SO_REUSEADDR) that closed first."""
+    (port,) = free_ports(1)
+    client = socket.socket()
+    client.bind(("127.0.0.1", port))  # what the kernel does when it picks this port as an ephemeral one
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    client.close()  # the active close: TIME_WAIT stays with the client's port
+    accepted.recv(1)
+    accepted.close()
+    return port
+
+
+def grpc_binds(port: int) -> bool:
+    """Can a real gRPC server, with our servers' options, listen on `port` now?"""
+    server = grpc.server(futures.ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
+    try:
+        return server.add_insecure_port(f"127.0.0.1:{port}") == port
+    except RuntimeError:
+        return False
+    finally:
+        server.stop(None)
+
+
+def in_time_wait(port: int) -> bool:
+    return any(sock.state == TIME_WAIT for sock in sockets_on(port) or [])
 
 
 def plain_bind_error(port: int) -> int | None:
@@ -83,19 +118,32 @@ def test_a_free_port_binds_and_a_listening_one_does_not(listener: socket.socket)
     assert taken is not None and taken.errno == errno.EADDRINUSE
 
 
-def test_a_port_in_time_wait_is_not_reported_taken() -> None:
-    port = time_wait_port()
-    states = [
-        line.split()[3]
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-        if int(line.split()[1].rsplit(":", 1)[1], 16) == port
-    ]
-    assert "06" in states, "the test needs a TIME_WAIT socket on the port"
+def test_a_port_a_server_left_in_time_wait_is_free_as_it_is_for_grpc() -> None:
+    port = server_time_wait_port()
+    assert in_time_wait(port), "the test needs a TIME_WAIT socket on the port"
     assert plain_bind_error(port) == errno.EADDRINUSE, "without SO_REUSEADDR TIME_WAIT blocks a bind"
     assert bind_error("127.0.0.1", port) is None, (
-        "the servers bind with SO_REUSEADDR: TIME_WAIT is no obstacle"
+        "the servers bind with SO_REUSEADDR: a restart is not refused"
     )
     assert listening_inodes(port) == set(), "TIME_WAIT is not a listener"
+    assert grpc_binds(port)
+
+
+def test_a_port_an_outgoing_connection_left_in_time_wait_is_taken_as_it_is_for_grpc(
+    listener: socket.socket, tmp_path: Path
+) -> None:
+    port = client_time_wait_port(listener)
+    assert in_time_wait(port), "the test needs a TIME_WAIT socket on the port"
+    error = bind_error("127.0.0.1", port)
+    assert error is not None and error.errno == errno.EADDRINUSE
+    assert not grpc_binds(port), "the probe agrees with the server's own bind"
+    env = {"CDP_DATA_DIR": str(tmp_path), "CDP_GOVERNANCE_PORT": str(port)}
+    problems = Cluster(Settings.from_env(env)).port_problems(running=set(SERVICES) - {"governance"})
+    server = f"127.0.0.1:{listener.getsockname()[1]}"
+    assert problems == [
+        f"CDP_GOVERNANCE_PORT={port} is in use by a closed connection to {server} in TIME_WAIT "
+        "(an outgoing connection got this port; the kernel frees it within a minute)"
+    ]
 
 
 def test_the_process_listening_on_a_port_is_found(
