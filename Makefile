@@ -32,12 +32,14 @@ protos: $(STAMPS)/deps
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
+# `cdp up` prints on this terminal why it cannot start (a port taken, a service that exited) and exits 1.
 up: setup
-	$(PY) -m cdp.cli up
+	@$(PY) -m cdp.cli up
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m cdp.cli down; else echo "nothing was running"; fi
 
+# `cdp status` exits 3 unless every server is SERVING; make turns any failed recipe into its own exit code, 2.
 status: setup
 	@$(PY) -m cdp.cli status
 

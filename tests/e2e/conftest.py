@@ -4,12 +4,16 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from cdp.runtime.settings import SERVICES
+
+T = TypeVar("T")
 
 
 def free_ports(count: int) -> list[int]:
@@ -38,3 +42,13 @@ def cdp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cdp.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def wait_until(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.1)
+    return found

@@ -1,7 +1,11 @@
 """`cdp up` / `cdp status` / `cdp down` bring the five real services up and down on free ports."""
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -10,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from cdp.runtime.settings import SERVICES
-from tests.e2e.conftest import cdp
+from tests.e2e.conftest import cdp, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +22,11 @@ pytestmark = pytest.mark.e2e
 def pids(env: dict[str, str]) -> dict[str, int]:
     run_dir = Path(env["CDP_DATA_DIR"]) / "run"
     return {path.stem: int(path.read_text()) for path in run_dir.glob("*.pid")}
+
+
+def rows(status: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
+    """`cdp status` as {server: [pid, address, health, detail...]}."""
+    return {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
 
 
 def alive(pid: int) -> bool:
@@ -67,13 +76,107 @@ def test_up_serves_five_healthy_services_with_reflection_and_down_leaves_nothing
     assert status.stdout.count("STOPPED") == len(SERVICES) + 1
 
 
-def test_up_reports_a_service_that_cannot_start(cluster_env: dict[str, str]) -> None:
+def test_a_second_up_on_ports_another_cluster_holds_starts_nothing_and_leaves_that_cluster_alone(
+    cluster_env: dict[str, str], tmp_path: Path
+) -> None:
+    first = cdp(cluster_env, "up", "--timeout", "60")
+    assert first.returncode == 0, first.stdout + first.stderr
+    held = pids(cluster_env)
+    second_env = {**cluster_env, "CDP_DATA_DIR": str(tmp_path / "second")}
+    try:
+        second = cdp(second_env, "up", "--timeout", "60")
+        assert second.returncode == 1, second.stdout + second.stderr
+        for name in SERVICES:
+            variable = f"CDP_{name.upper()}_PORT"
+            assert f"{variable}={cluster_env[variable]} is in use by pid {held[name]} (" in second.stderr
+        http = f"CDP_HTTP_PORT={cluster_env['CDP_HTTP_PORT']} is in use by pid {held['ingest']} ("
+        assert http in second.stderr
+        assert pids(second_env) == {}, "nothing of the second cluster was started"
+        status = cdp(second_env, "status")
+        assert status.returncode == 3
+        assert [row[2] for row in rows(status).values()] == ["STOPPED"] * (len(SERVICES) + 1), status.stdout
+    finally:
+        cdp(second_env, "down")
+    assert pids(cluster_env) == held
+    assert all(alive(pid) for pid in held.values()), "the first cluster is untouched"
+    assert cdp(cluster_env, "status").returncode == 0
+
+
+def test_a_killed_service_is_dead_in_status_until_up_restarts_it(cluster_env: dict[str, str]) -> None:
+    started = cdp(cluster_env, "up", "--timeout", "60")
+    assert started.returncode == 0, started.stdout + started.stderr
+    before = pids(cluster_env)
+    os.kill(before["segments"], signal.SIGKILL)
+    wait_until(lambda: not alive(before["segments"]), "segments is gone after kill -9")
+
+    status = cdp(cluster_env, "status")
+    assert status.returncode == 3, status.stdout
+    shown = rows(status)
+    assert shown["segments"][:3] == [
+        str(before["segments"]),
+        f"127.0.0.1:{cluster_env['CDP_SEGMENTS_PORT']}",
+        "DEAD",
+    ]
+    assert "no error logged (killed?)" in " ".join(shown["segments"][3:])
+    assert [row[2] for name, row in shown.items() if name != "segments"] == ["SERVING"] * len(SERVICES)
+
+    if shutil.which("make"):  # make reports a failed recipe with its own exit code, 2, and names ours
+        repo = Path(__file__).resolve().parents[2]
+        made = subprocess.run(
+            ["make", "-s", "-o", "setup", "status", f"PY={sys.executable}"],
+            cwd=repo,
+            env=cluster_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 2, made.stdout + made.stderr
+        assert "Error 3" in made.stderr and "DEAD" in made.stdout
+
+    again = cdp(cluster_env, "up", "--timeout", "60")
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = pids(cluster_env)
+    assert after["segments"] != before["segments"]
+    assert {k: v for k, v in after.items() if k != "segments"} == {
+        k: v for k, v in before.items() if k != "segments"
+    }, "only the dead service is started again"
+
+
+def test_a_service_that_exits_at_start_fails_up_at_once_with_the_reason_from_its_log(
+    cluster_env: dict[str, str],
+) -> None:
+    # A real failure only ingest meets at start: its read-model database path is a directory.
+    (Path(cluster_env["CDP_DATA_DIR"]) / "ingest.db").mkdir(parents=True)
+    result = cdp(cluster_env, "up", "--timeout", "100")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ingest exited during start-up with exit code 1" in result.stderr
+    assert "OperationalError: (sqlite3.OperationalError) unable to open database file" in result.stderr
+    assert "not SERVING after" not in result.stderr, "it failed when ingest exited, not at the timeout"
+    assert '"event":' not in result.stderr and "File " not in result.stderr, (
+        "readable lines, not JSON or frames"
+    )
+
+    status = cdp(cluster_env, "status")
+    assert status.returncode == 3
+    ingest = rows(status)["ingest"]
+    assert ingest[2] == "DEAD" and "unable to open database file" in " ".join(ingest[3:])
+
+
+def test_up_refuses_a_taken_port_before_starting_anything_and_warns_of_unknown_variables(
+    cluster_env: dict[str, str],
+) -> None:
+    port = int(cluster_env["CDP_SEGMENTS_PORT"])
+    env = {**cluster_env, "CDP_SEGMENT_PORT": str(port + 1)}
     blocker = socket.socket()
-    blocker.bind(("127.0.0.1", int(cluster_env["CDP_SEGMENTS_PORT"])))
+    blocker.bind(("127.0.0.1", port))
     blocker.listen()
     try:
-        result = cdp(cluster_env, "up", "--timeout", "30")
+        result = cdp(env, "up", "--timeout", "30")
     finally:
         blocker.close()
     assert result.returncode == 1
-    assert "segments" in result.stderr
+    assert f"CDP_SEGMENTS_PORT={port} is in use by pid {os.getpid()} (" in result.stderr
+    warning = "warning: CDP_SEGMENT_PORT is not a setting and is ignored (did you mean CDP_SEGMENTS_PORT?)"
+    assert warning in result.stderr
+    assert pids(env) == {}, "nothing was started"
+    assert not (Path(env["CDP_DATA_DIR"]) / "logs" / "ingest.log").exists()
