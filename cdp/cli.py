@@ -66,6 +66,12 @@ def print_states(states: list[ServiceState]) -> None:
     for state in states:
         row = f"{state.name:<12}{state.pid or '-':>8}  {state.address:<22}{state.health:<13}{state.detail}"
         print(row.rstrip())
+        for reactor in state.reactors:
+            line = (
+                f"  reactor {reactor.name:<20} {reactor.state:<12} lag {reactor.lag:<8} "
+                f"parked {reactor.parked:<4} {reactor.events_per_second:,.1f} events/s"
+            )
+            print(line + (f"  last error: {reactor.last_error}" if reactor.last_error else ""))
 
 
 def _suggestion(variable: str) -> str:

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -65,6 +65,21 @@ class ServiceState:
 
     detail: str = ""
     """Why it is not SERVING, when we can tell: the log line of a dead service, who holds its port."""
+
+    reactors: tuple[ReactorLine, ...] = ()
+    """The server's reactors, as `cdp.ops.v1.OpsService` reports them (none for ingest's HTTP row)."""
+
+
+@dataclass(frozen=True)
+class ReactorLine:
+    """One reactor of a server: how it keeps up with the log."""
+
+    name: str
+    state: str
+    lag: int
+    parked: int
+    events_per_second: float
+    last_error: str
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,7 @@ class Cluster:
 
     def status(self) -> list[ServiceState]:
         """One row per server: its pid, address and state (SERVING, NOT_SERVING, UNREACHABLE, DEAD, STOPPED)."""
-        return [self._state(endpoint) for endpoint in self.endpoints()]
+        return [self._with_reactors(e, self._state(e)) for e in self.endpoints()]
 
     def port_problems(self, running: Collection[str] = ()) -> list[str]:
         """Why the servers of the services not `running` could not listen where the settings say, one per line."""
@@ -189,6 +204,12 @@ class Cluster:
             held = f"port {endpoint.port} is held by {_holder(endpoint.port)}"
             return ServiceState(endpoint.name, pid, address, UNREACHABLE, held)
         return ServiceState(endpoint.name, pid, address, endpoint.probe(address))
+
+    def _with_reactors(self, endpoint: Endpoint, state: ServiceState) -> ServiceState:
+        """The row with its server's reactors, when the server answers (not for ingest's HTTP row)."""
+        if endpoint.name != endpoint.service or state.health not in (SERVING, NOT_SERVING):
+            return state
+        return replace(state, reactors=reactor_lines(state.address, self.settings.admin_token))
 
     def _why_dead(self, endpoint: Endpoint) -> str:
         if endpoint.name != endpoint.service:  # ingest's HTTP API: its process's row says it
@@ -297,6 +318,33 @@ def check_health(address: str, timeout: float = 1.0) -> str:
         except grpc.RpcError:
             return UNREACHABLE
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def reactor_lines(address: str, admin_token: str, timeout: float = 2.0) -> tuple[ReactorLine, ...]:
+    """Each reactor of the server at `address`, from `cdp.ops.v1.OpsService` (none when it does not answer)."""
+    from cdp.ops.v1 import ops_service_pb2, ops_service_pb2_grpc  # generated: imported when the cluster is up
+
+    with grpc.insecure_channel(address) as channel:
+        stub = ops_service_pb2_grpc.OpsServiceStub(channel)
+        try:
+            reply = stub.GetServerStatus(
+                ops_service_pb2.GetServerStatusRequest(),
+                timeout=timeout,
+                metadata=(("authorization", f"Bearer {admin_token}"),),
+            )
+        except grpc.RpcError:
+            return ()
+    return tuple(
+        ReactorLine(
+            name=r.name,
+            state=ops_service_pb2.ReactorState.Name(r.state).removeprefix("REACTOR_STATE_").lower(),
+            lag=r.lag,
+            parked=r.parked,
+            events_per_second=r.events_per_second,
+            last_error=r.last_error,
+        )
+        for r in reply.reactors
+    )
 
 
 def check_http(address: str, timeout: float = 1.0) -> str:
