@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -50,6 +51,7 @@ from cdp.eventlog.port import (
     check_parts,
     stream_category,
 )
+from cdp.sqlengine import POOL_TIMEOUT, postgres_timeouts
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -215,8 +217,18 @@ class PostgresEventStore(EventStore):
         self._schema = schema
         self._lock_key = zlib.crc32(f"cdp.eventlog:{schema}".encode())
         self._channel = f"cdp_eventlog_{schema}"
+        # Bounded waits, so an outage answers UNAVAILABLE in seconds (`cdp.sqlengine` documents the values):
+        # a short reconnect_timeout keeps psycopg_pool's backoff (1, 2, 4 … s) from outliving the outage, since
+        # after giving up the pool reconnects on the next request; check drops connections an outage broke.
         self._pool = AsyncConnectionPool(
-            conninfo, min_size=1, max_size=max_connections, open=False, kwargs={"autocommit": True}
+            conninfo,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            kwargs={"autocommit": True, **postgres_timeouts(conninfo_to_dict(conninfo))},
+            timeout=POOL_TIMEOUT,
+            reconnect_timeout=POOL_TIMEOUT,
+            check=AsyncConnectionPool.check_connection,
         )
         self._opened: asyncio.Task[None] | None = None
         self._signal = ChangeSignal()

@@ -1,13 +1,20 @@
-"""Domain errors → gRPC status, in one place, at the edge."""
+"""Errors at the edge, in one place: infrastructure failures → domain errors (`classify`), domain errors → gRPC
+status (`to_grpc_status`). The HTTP edge uses the same `classify`, so both edges agree on what an outage is.
+"""
 
 from __future__ import annotations
 
+import sqlite3
+
 import grpc
+import psycopg
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy import exc as sql_exc
 
 from cdp import errors
+from cdp.eventlog.port import EventStoreUnavailable
 
 _CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -18,8 +25,94 @@ _CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotBuiltYet, grpc.StatusCode.UNIMPLEMENTED),
 ]
+
+
+_DATABASE_DOWN = "a database this service depends on is unavailable or busy; retry with backoff"
+_LOG_DOWN = "the event log is unavailable; retry with backoff"
+_TIMED_OUT = "the service timed out waiting on a dependency"
+
+# SQLite result codes that mean "busy or unreachable for now", by prefix (SQLITE_BUSY_SNAPSHOT, SQLITE_IOERR_…).
+# Everything else (no such table, a constraint, a corrupt file) is a bug or needs an operator: INTERNAL.
+_SQLITE_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL")
+
+# PostgreSQL SQLSTATE classes that mean the server is unreachable, shutting down or out of resources:
+# 08 connection exception, 53 insufficient resources, 57 operator intervention, 58 system error (I/O).
+# psycopg's OperationalError also covers bad passwords (28) and program limits (54): not outages, INTERNAL.
+_POSTGRES_TRANSIENT = ("08", "53", "57", "58")
+_POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
+_POSTGRES_QUERY_CANCELED = "57014"
+
+
+def classify(error: BaseException) -> errors.DomainError | None:
+    """The domain error an exception stands for: itself, an outage or a timeout of a dependency; None for a bug."""
+    if isinstance(error, errors.DomainError):
+        return error
+    if isinstance(error, EventStoreUnavailable):
+        return errors.Unavailable(_LOG_DOWN)
+    if isinstance(error, sql_exc.DBAPIError):
+        if error.connection_invalidated:
+            return errors.Unavailable(_DATABASE_DOWN)
+        return classify(error.orig) if error.orig is not None else None
+    if isinstance(error, sql_exc.TimeoutError | sql_exc.DisconnectionError):  # pool checkout timed out
+        return errors.Unavailable(_DATABASE_DOWN)
+    if isinstance(error, psycopg.Error):
+        return _classify_postgres(error)
+    if isinstance(error, sqlite3.Error):
+        name = getattr(error, "sqlite_errorname", None) or ""
+        return errors.Unavailable(_DATABASE_DOWN) if name.startswith(_SQLITE_TRANSIENT) else None
+    if isinstance(error, TimeoutError):  # asyncio.timeout, wait_for, a socket timeout
+        return errors.DeadlineExceeded(_TIMED_OUT)
+    if isinstance(error, grpc.aio.AioRpcError):  # a call to another service of ours
+        return _classify_upstream(error)
+    return None
+
+
+def _classify_postgres(error: psycopg.Error) -> errors.DomainError | None:
+    """psycopg errors by SQLSTATE; no SQLSTATE means the client lost or never got a connection."""
+    state = error.sqlstate
+    if state == _POSTGRES_QUERY_CANCELED:  # statement_timeout
+        return errors.DeadlineExceeded(_TIMED_OUT)
+    if state is not None and state.startswith("40"):  # serialization failure, deadlock
+        return errors.Conflict("the request lost a race with a concurrent one; retry")
+    if isinstance(error, psycopg.OperationalError) and (
+        state is None or state[:2] in _POSTGRES_TRANSIENT or state == _POSTGRES_LOCK_NOT_AVAILABLE
+    ):
+        return errors.Unavailable(_DATABASE_DOWN)
+    return None
+
+
+def _classify_upstream(error: grpc.aio.AioRpcError) -> errors.DomainError | None:
+    """Another service that is down or slow makes this one down or slow; any other failure is ours to fix."""
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return errors.Unavailable(f"a service this one depends on is unavailable: {error.details()}")
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.DeadlineExceeded(_TIMED_OUT)
+    return None
+
+
+def is_outage(error: errors.DomainError) -> bool:
+    """Whether the failure is a dependency being down or slow (logged as a warning), not the caller's doing."""
+    return isinstance(error, errors.Unavailable | errors.DeadlineExceeded)
+
+
+def retry_after_of(error: errors.DomainError) -> float | None:
+    """Seconds the caller is told to wait before retrying, if the error says."""
+    return error.retry_after if isinstance(error, errors.Unavailable | errors.ResourceExhausted) else None
+
+
+def failure_fields(error: BaseException) -> dict[str, str]:
+    """What a log line says about an infrastructure failure: its class and first line, never SQL parameters."""
+    cause = error.orig if isinstance(error, sql_exc.DBAPIError) and error.orig is not None else error
+    text = str(cause).strip().splitlines()
+    return {"error_class": _qualified(type(cause)), "cause": text[0][:300] if text else ""}
+
+
+def _qualified(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
@@ -48,9 +141,10 @@ def to_grpc_status(error: errors.DomainError) -> grpc.Status:
             info = any_pb2.Any()
             info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain="cdp"))
             details.append(info)
-    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+    retry_after = retry_after_of(error)
+    if retry_after is not None:
         retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
+        retry.retry_delay.FromNanoseconds(int(retry_after * 1e9))
         packed = any_pb2.Any()
         packed.Pack(retry)
         details.append(packed)
