@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -207,6 +208,17 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment)), schema
 
 
+async def _check_if_closed(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool check: a round trip only if the idle connection's socket is readable (the server closed it).
+
+    psycopg_pool's own check pays a round trip on every checkout (~0.5 ms, a third of a one-event append);
+    an idle connection has nothing to read unless its server went away, which the round trip then confirms.
+    """
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await conn.execute("")
+
+
 class PostgresEventStore(EventStore):
     """The event log in one PostgreSQL schema (tables `events` and `streams`)."""
 
@@ -219,7 +231,7 @@ class PostgresEventStore(EventStore):
         self._channel = f"cdp_eventlog_{schema}"
         # Bounded waits, so an outage answers UNAVAILABLE in seconds (`cdp.sqlengine` documents the values):
         # a short reconnect_timeout keeps psycopg_pool's backoff (1, 2, 4 … s) from outliving the outage, since
-        # after giving up the pool reconnects on the next request; check drops connections an outage broke.
+        # after giving up the pool reconnects on the next request; the check drops connections an outage broke.
         self._pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -228,7 +240,7 @@ class PostgresEventStore(EventStore):
             kwargs={"autocommit": True, **postgres_timeouts(conninfo_to_dict(conninfo))},
             timeout=POOL_TIMEOUT,
             reconnect_timeout=POOL_TIMEOUT,
-            check=AsyncConnectionPool.check_connection,
+            check=_check_if_closed,
         )
         self._opened: asyncio.Task[None] | None = None
         self._signal = ChangeSignal()

@@ -6,14 +6,26 @@ the machine, so it is never stopped), then:
 - `stall()`: every forwarded connection is reset, and new ones are accepted but never answered (a server that
   hangs, or a network that drops packets: only a client-side timeout ends the wait);
 - `restore()`: forwarding again, on the same port.
+
+The proxy runs its own event loop in a thread: a service that does blocking database calls on its loop (a
+projection catching up at start-up) must not stop the proxy from forwarding them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+
+T = TypeVar("T")
 
 
 class TcpProxy:
@@ -25,38 +37,73 @@ class TcpProxy:
         self._forward = True
         self._links: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self.port = 0
 
     async def start(self) -> None:
-        """Listen (on a free port the first time, on the same port after a cut) and forward."""
+        """Start the proxy's thread; listen on a free port and forward."""
+        started = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.call_soon(started.set)
+            self._loop.run_forever()
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="tcp-proxy", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(started.wait)
+        await self._in_thread(self._listen())
+
+    async def cut(self) -> None:
+        """Stop listening (connections are refused) and reset every forwarded connection."""
+        await self._in_thread(self._cut())
+
+    async def stall(self) -> None:
+        """Reset every forwarded connection; accept new ones but never forward a byte on them."""
+        await self._in_thread(self._stall())
+
+    async def restore(self) -> None:
+        """Forward again; the held connections of a stall are reset, so their clients reconnect."""
+        await self._in_thread(self._restore())
+
+    async def close(self) -> None:
+        """Stop everything, the thread too."""
+        await self._in_thread(self._close())
+        assert self._loop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+
+    async def _in_thread(self, work: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    async def _listen(self) -> None:
         self._forward = True
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def cut(self) -> None:
-        """Stop listening (connections are refused) and reset every forwarded connection."""
+    async def _cut(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
         self._reset_all()
 
-    async def stall(self) -> None:
-        """Reset every forwarded connection; accept new ones but never forward a byte on them."""
+    async def _stall(self) -> None:
         self._reset_all()
         self._forward = False
         if self._server is None:
             self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
-    async def restore(self) -> None:
-        """Forward again; the held connections of a stall are reset, so their clients reconnect."""
+    async def _restore(self) -> None:
         self._reset_all()
         if self._server is None:
-            await self.start()
+            await self._listen()
         self._forward = True
 
-    async def close(self) -> None:
-        """Stop everything."""
-        await self.cut()
+    async def _close(self) -> None:
+        await self._cut()
         for pump in list(self._pumps):
             pump.cancel()
         for pump in list(self._pumps):
@@ -110,3 +157,40 @@ async def tcp_proxy(target_host: str, target_port: int) -> AsyncIterator[TcpProx
         yield proxy
     finally:
         await proxy.close()
+
+
+@dataclass(frozen=True)
+class ProxiedPostgres:
+    """A throwaway schema on a real PostgreSQL server, reached through `proxy`."""
+
+    proxy: TcpProxy
+    url: str
+    """The server's URL with the proxy's address."""
+    schema: str
+
+    @property
+    def event_store(self) -> str:
+        """`CDP_EVENT_STORE` for an event log in the schema."""
+        return f"{self.url}?schema={self.schema}"
+
+    @property
+    def read_model_url(self) -> str:
+        """`CDP_READ_MODEL_URL` for read models in the schema."""
+        return f"{self.url}?options=-csearch_path%3D{self.schema}"
+
+
+@asynccontextmanager
+async def postgres_behind_proxy(postgres: str) -> AsyncIterator[ProxiedPostgres]:
+    """A new schema on the server `postgres` names and a proxy to that server; the schema is dropped on exit."""
+    target = urlsplit(postgres)
+    schema = f"test_outage_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}".encode())
+    try:
+        async with tcp_proxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+            user = target.netloc.rpartition("@")[0]
+            through = target._replace(netloc=f"{user}@127.0.0.1:{proxy.port}").geturl()
+            yield ProxiedPostgres(proxy, through, schema)
+    finally:
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
