@@ -285,6 +285,12 @@ async def _asyncio_timeout(tmp_path: Path) -> None:
         await asyncio.Event().wait()
 
 
+async def _upstream_service_down(tmp_path: Path) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{closed_port()}") as channel:
+        other = identity_service_pb2_grpc.IdentityServiceStub(channel)
+        await other.GetIdentityRules(identity_service_pb2.GetIdentityRulesRequest(), timeout=30)
+
+
 async def _no_such_table(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(tmp_path / "empty.db")) as conn:
         conn.execute("SELECT * FROM missing")
@@ -310,6 +316,7 @@ FAILURES: list[tuple[Callable[[Path], Awaitable[None]], grpc.StatusCode, str]] =
     (_psycopg_pool_timeout, grpc.StatusCode.UNAVAILABLE, "psycopg_pool.PoolTimeout"),
     (_statement_timeout, grpc.StatusCode.DEADLINE_EXCEEDED, "psycopg.errors.QueryCanceled"),
     (_asyncio_timeout, grpc.StatusCode.DEADLINE_EXCEEDED, "TimeoutError"),
+    (_upstream_service_down, grpc.StatusCode.UNAVAILABLE, "grpc.aio._call.AioRpcError"),
 ]
 
 
