@@ -66,8 +66,21 @@ class ResourceExhausted(DomainError):
         super().__init__(message)
 
 
+RETRY_AFTER_SECONDS = 2.0
+"""What an outage tells callers to wait before retrying: long enough for a pool to reconnect, short enough
+that a retrying SDK catches up quickly once the dependency is back."""
+
+
 class Unavailable(DomainError):
-    """A dependency is down for now; the caller may retry with backoff."""
+    """A dependency is down or busy for now; the caller may retry after `retry_after` seconds, with backoff."""
+
+    def __init__(self, message: str, retry_after: float = RETRY_AFTER_SECONDS) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class DeadlineExceeded(DomainError):
+    """An operation gave up waiting on a dependency; it may have taken effect, so retry only idempotent calls."""
 
 
 class NotBuiltYet(DomainError):

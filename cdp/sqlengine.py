@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc, make_url
 
 WAL_SWITCH_TIMEOUT = 10.0
 """Seconds a new connection waits for others to finish switching the same file to WAL."""
+
+POOL_TIMEOUT = 5.0
+"""Seconds a caller waits for a pooled PostgreSQL connection before the call fails as UNAVAILABLE (the default 30 s
+made an outage look like a hang); the event log's pool uses the same bound."""
+
+POSTGRES_TIMEOUTS: dict[str, int] = {
+    "connect_timeout": 5,  # seconds to establish a connection to a server that does not answer (libpq: no limit)
+    "tcp_user_timeout": 10_000,  # ms a sent query may stay unacknowledged (a vanished host) before the socket fails
+    "keepalives": 1,  # and probe idle connections, so a dead peer is noticed before a query is sent to it
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""libpq options that bound how long a lost or silent PostgreSQL server can hold a call. A statement timeout is
+left unset on purpose: replays and rebuilds legitimately run long. A URL naming an option keeps its own value."""
+
+
+def postgres_timeouts(named: Iterable[str]) -> dict[str, int]:
+    """The `POSTGRES_TIMEOUTS` a connection string does not set itself (`named`: the options it sets)."""
+    present = set(named)
+    return {key: value for key, value in POSTGRES_TIMEOUTS.items() if key not in present}
 
 
 def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
@@ -24,7 +45,9 @@ def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # Pre-ping drops connections a restart or an outage broke, so the first call after it succeeds.
+        connect_args = postgres_timeouts(make_url(url).query)
+        return create_engine(url, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT, connect_args=connect_args)
     path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ A service writes a `Policy` (what to follow, how to decide) or a `Projection` (a
 append) and hands it to a `Reactor`, which the runtime starts, reports on and stops. See docs/reactors.md.
 """
 
+from cdp.faults import is_transient
 from cdp.reactor.checkpoint import CheckpointConflict, checkpoint_metadata, checkpoints, write_checkpoint
-from cdp.reactor.faults import is_transient
 from cdp.reactor.policy import Policy, Projecting, Projection, as_policy, derived_id
 from cdp.reactor.runner import Reactor, ReactorHalted
 from cdp.reactor.status import ReactorStatus, RetryPolicy, State

@@ -38,6 +38,7 @@ from cdp.eventlog.port import (
 from cdp.events import EventMetadata
 from cdp.events.platform import EventParked
 from cdp.events.streams import parked_stream
+from cdp.faults import is_transient
 from cdp.reactor.checkpoint import (
     CheckpointConflict,
     checkpoint_metadata,
@@ -45,7 +46,6 @@ from cdp.reactor.checkpoint import (
     move_checkpoint,
     write_checkpoint,
 )
-from cdp.reactor.faults import is_transient
 from cdp.reactor.policy import Policy, Projection, as_policy, derived_id
 from cdp.reactor.status import ReactorStatus, RetryPolicy, State
 from cdp.sqlengine import create_tables

@@ -1,4 +1,6 @@
-"""Domain errors → gRPC status, in one place, at the edge."""
+"""Errors at the edge, in one place: infrastructure failures → domain errors (`classify`), domain errors → gRPC
+status (`to_grpc_status`). The HTTP edge uses the same `classify`, so both edges agree on what an outage is.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy import exc as sql_exc
 
 from cdp import errors
+from cdp.faults import TIMED_OUT, classify_fault
 
 _CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -18,8 +22,48 @@ _CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotBuiltYet, grpc.StatusCode.UNIMPLEMENTED),
 ]
+
+
+def classify(error: BaseException) -> errors.DomainError | None:
+    """The domain error an exception stands for (`cdp.faults.classify_fault`), or a call to another of our
+    services that failed for want of that service; None for a bug."""
+    if isinstance(error, grpc.aio.AioRpcError):  # a call to another service of ours
+        return _classify_upstream(error)
+    return classify_fault(error)
+
+
+def _classify_upstream(error: grpc.aio.AioRpcError) -> errors.DomainError | None:
+    """Another service that is down or slow makes this one down or slow; any other failure is ours to fix."""
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return errors.Unavailable(f"a service this one depends on is unavailable: {error.details()}")
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.DeadlineExceeded(TIMED_OUT)
+    return None
+
+
+def is_outage(error: errors.DomainError) -> bool:
+    """Whether the failure is a dependency being down or slow (logged as a warning), not the caller's doing."""
+    return isinstance(error, errors.Unavailable | errors.DeadlineExceeded)
+
+
+def retry_after_of(error: errors.DomainError) -> float | None:
+    """Seconds the caller is told to wait before retrying, if the error says."""
+    return error.retry_after if isinstance(error, errors.Unavailable | errors.ResourceExhausted) else None
+
+
+def failure_fields(error: BaseException) -> dict[str, str]:
+    """What a log line says about an infrastructure failure: its class and first line, never SQL parameters."""
+    cause = error.orig if isinstance(error, sql_exc.DBAPIError) and error.orig is not None else error
+    text = str(cause).strip().splitlines()
+    return {"error_class": _qualified(type(cause)), "cause": text[0][:300] if text else ""}
+
+
+def _qualified(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def status_code_of(error: errors.DomainError) -> grpc.StatusCode:
@@ -48,9 +92,10 @@ def to_grpc_status(error: errors.DomainError) -> grpc.Status:
             info = any_pb2.Any()
             info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain="cdp"))
             details.append(info)
-    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+    retry_after = retry_after_of(error)
+    if retry_after is not None:
         retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
+        retry.retry_delay.FromNanoseconds(int(retry_after * 1e9))
         packed = any_pb2.Any()
         packed.Pack(retry)
         details.append(packed)

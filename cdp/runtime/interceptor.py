@@ -1,4 +1,8 @@
-"""The one interceptor every server runs: request context for logs, authentication, error mapping."""
+"""The one interceptor every server runs: request context for logs, authentication, validation, error mapping.
+
+Every request message of every RPC (each message of a client stream too) passes `validate_request` before the
+servicer sees it, so a new method is checked without asking; health and reflection (public) are not.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from typing import Any
 import grpc
 import structlog
 
-from cdp import errors
 from cdp.runtime.auth import Access, Authenticator, current_principal
-from cdp.runtime.errors import status_code_of, to_grpc_status
+from cdp.runtime.errors import classify, failure_fields, is_outage, status_code_of, to_grpc_status
+from cdp.runtime.validation import validate_request
 
 log = structlog.get_logger("cdp.rpc")
 
@@ -21,7 +25,7 @@ PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerRefle
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Binds service, method and request id to every log line, authorises, maps domain errors to statuses."""
+    """Binds service, method and request id to every log line, authorises, validates, maps errors to statuses."""
 
     def __init__(self, service: str, authenticator: Authenticator, access: Mapping[str, Access]) -> None:
         self._service = service
@@ -55,7 +59,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                call.unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+                call.unary(handler.stream_unary, streamed=True),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
@@ -64,7 +70,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            call.streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            call.streaming(handler.stream_stream, streamed=True),
+            handler.request_deserializer,
+            handler.response_serializer,
         )
 
 
@@ -76,17 +84,19 @@ class _Call:
         self.method = method
         self.metadata = metadata
         self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex
-        self.quiet = edge.required_access(method) is Access.PUBLIC
+        # Health and reflection: no credentials, no validation (their messages are not ours), no log line.
+        self.public = edge.required_access(method) is Access.PUBLIC
 
-    def unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        """Wrap a handler that returns one response."""
+    def unary(
+        self, behavior: Callable[..., Awaitable[Any]], *, streamed: bool = False
+    ) -> Callable[..., Awaitable[Any]]:
+        """Wrap a handler that returns one response (to one request, or to a stream of them if `streamed`)."""
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self._enter()
             started = time.perf_counter()
             try:
-                self._authorize()
-                response = await behavior(request, context)
+                response = await behavior(self._admit(request, streamed), context)
             except BaseException as error:
                 await self._fail(error, context, started)
                 raise
@@ -95,15 +105,16 @@ class _Call:
 
         return handle
 
-    def streaming(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        """Wrap a handler that streams responses."""
+    def streaming(
+        self, behavior: Callable[..., AsyncIterator[Any]], *, streamed: bool = False
+    ) -> Callable[..., AsyncIterator[Any]]:
+        """Wrap a handler that streams responses (to one request, or to a stream of them if `streamed`)."""
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             self._enter()
             started = time.perf_counter()
             try:
-                self._authorize()
-                async for response in behavior(request, context):
+                async for response in behavior(self._admit(request, streamed), context):
                     yield response
             except BaseException as error:
                 await self._fail(error, context, started)
@@ -118,34 +129,60 @@ class _Call:
             service=self.edge._service, method=self.method, request_id=self.request_id
         )
 
-    def _authorize(self) -> None:
+    def _admit(self, request: Any, streamed: bool) -> Any:
+        """Authorise the caller, then validate the request (a stream: each message as the servicer reads it)."""
         principal = self.edge._authenticator.authorize(self.edge.required_access(self.method), self.metadata)
         current_principal.set(principal)
+        if self.public:
+            return request
+        if streamed:
+            return _validated_stream(request)
+        validate_request(request)
+        return request
 
     def _finish(self, context: grpc.aio.ServicerContext[Any, Any], started: float) -> None:
         context.set_trailing_metadata((("x-request-id", self.request_id),))
-        if not self.quiet:
+        if not self.public:
             log.info("rpc_finished", code="OK", duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
     async def _fail(
         self, error: BaseException, context: grpc.aio.ServicerContext[Any, Any], started: float
     ) -> None:
-        """Turn a domain error into its status; hide the details of anything unexpected."""
+        """Turn a domain error, an outage or a timeout into its status; hide the details of anything else."""
+        if isinstance(error, grpc.aio.AbortError) or not isinstance(error, Exception):
+            return  # the servicer aborted on its own, or the call was cancelled: nothing left to answer
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        if isinstance(error, errors.DomainError):
-            status = to_grpc_status(error)
-            log.info(
-                "rpc_finished", code=status_code_of(error).name, duration_ms=duration_ms, error=str(error)
-            )
-            await context.abort(
-                status.code,
-                status.details,
-                (*status.trailing_metadata, ("x-request-id", self.request_id)),
-            )
-        if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+        failure = classify(error)
+        if failure is None:
             log.exception("rpc_failed", code="INTERNAL", duration_ms=duration_ms)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error (request id {self.request_id})",
-                (("x-request-id", self.request_id),),
+            await self._abort(
+                context, grpc.StatusCode.INTERNAL, f"internal error (request id {self.request_id})"
             )
+            return
+        status = to_grpc_status(failure)
+        code = status_code_of(failure).name
+        if is_outage(failure):
+            # Not a bug of ours and not the caller's: a warning naming what failed, without a traceback.
+            fields = failure_fields(error) if failure is not error else {}
+            log.warning("rpc_finished", code=code, duration_ms=duration_ms, error=str(failure), **fields)
+        else:
+            log.info("rpc_finished", code=code, duration_ms=duration_ms, error=str(failure))
+        await self._abort(context, status.code, status.details, status.trailing_metadata)
+
+    async def _abort(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        code: grpc.StatusCode,
+        details: str,
+        metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
+        await context.abort(code, details, (*metadata, ("x-request-id", self.request_id)))
+
+
+async def _validated_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The client's messages, each validated before the servicer gets it; a violation names its index."""
+    index = 0
+    async for request in requests:
+        validate_request(request, f"stream[{index}]")
+        yield request
+        index += 1

@@ -1,4 +1,4 @@
-"""Servicers for capabilities a later issue builds: they validate the request, then answer UNIMPLEMENTED.
+"""Servicers for capabilities a later issue builds: they answer UNIMPLEMENTED (the edge validated the request).
 
 This is the one placeholder the project allows. Each answer names the capability, and each issue that builds a
 capability replaces the placeholder methods it covers with real ones (a real method defined on a subclass wins).
@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from cdp.errors import NotBuiltYet
-from cdp.runtime.validation import validate_request
 
 T = TypeVar("T")
 
@@ -42,16 +41,12 @@ def _placeholder(method: MethodDescriptor, capability: str) -> Callable[..., Any
     if method.server_streaming:
 
         async def streaming(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            if not method.client_streaming:
-                validate_request(request)
             raise NotBuiltYet(capability)
             yield  # pragma: no cover - makes this an async generator, as gRPC expects of a streaming method
 
         return streaming
 
     async def unary(self: Any, request: Any, context: Any) -> Any:
-        if not method.client_streaming:
-            validate_request(request)
         raise NotBuiltYet(capability)
 
     return unary

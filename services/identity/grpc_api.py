@@ -11,7 +11,6 @@ from cdp.errors import InvalidInput, NotBuiltYet
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.identity.v1 import identity_service_pb2_grpc
 from cdp.runtime.auth import current_principal
-from cdp.runtime.validation import validate_request
 from services.identity import convert
 from services.identity.application import IdentityApp
 from services.identity.queries import ProfileQuery
@@ -27,7 +26,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     async def Resolve(self, request: pb.ResolveRequest, context: Any) -> pb.ResolveResponse:
         """Which profile the identifiers belong to."""
-        validate_request(request)
         if not 1 <= len(request.identifiers) <= convert.MAX_RESOLVE:
             raise InvalidInput.field("identifiers", f"needs 1 to {convert.MAX_RESOLVE} identifiers")
         refs = [convert.identifier_ref(i, f"identifiers[{n}]") for n, i in enumerate(request.identifiers)]
@@ -44,7 +42,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> pb.GetProfileResponse:
         """One profile, now or as of a past moment."""
-        validate_request(request)
         ref = convert.profile_ref(request.profile)
         mask = convert.read_mask(request.read_mask.paths)
         as_of = convert.to_datetime(request.as_of) if request.HasField("as_of") else None
@@ -53,7 +50,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> pb.ListProfilesResponse:
         """A page of profiles matching the filter."""
-        validate_request(request)
         query = _profile_query(request.filter)
         mask = convert.read_mask(request.read_mask.paths)
         after = convert.decode_token(request.page.page_token, "profiles")
@@ -67,7 +63,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         self, request: pb.GetMergeHistoryRequest, context: Any
     ) -> pb.GetMergeHistoryResponse:
         """Every decision about the profile, with its rule and cause."""
-        validate_request(request)
         ref = convert.profile_ref(request.profile)
         start, end = _range(request)
         after = int(convert.decode_token(request.page.page_token, "decisions") or -1)
@@ -82,7 +77,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     async def SplitProfile(self, request: pb.SplitProfileRequest, context: Any) -> pb.SplitProfileResponse:
         """Cut an identifier or a link off a profile."""
-        validate_request(request)
         ref = convert.profile_ref(request.profile)
         target = request.WhichOneof("target")
         if target is None:
@@ -111,7 +105,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         self, request: pb.SetIdentityRulesRequest, context: Any
     ) -> pb.SetIdentityRulesResponse:
         """Replace the identity rules."""
-        validate_request(request)
         if not request.HasField("rules"):
             raise InvalidInput.field("rules", "is required")
         rules = convert.rules_from_message(request.rules)
@@ -125,7 +118,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         self, request: pb.GetIdentityRulesRequest, context: Any
     ) -> pb.GetIdentityRulesResponse:
         """The rules in force."""
-        validate_request(request)
         return pb.GetIdentityRulesResponse(rules=convert.rules_message(await self._app.get_rules()))
 
 

@@ -16,7 +16,6 @@ from cdp.common.v1 import audit_pb2, identity_pb2, message_pb2, paging_pb2
 from cdp.errors import InvalidInput
 from cdp.ingest.v1 import ingest_service_pb2 as pb
 from cdp.runtime.auth import current_principal
-from cdp.runtime.validation import validate_request
 from services.ingest.config_readmodel import ConfigView, ViolationCount, ViolationFilter
 from services.ingest.configuration import AttributeCatalog, CsvImports, TrackingPlans
 from services.ingest.domain.catalog import Attribute, AttributeType, Band
@@ -67,7 +66,6 @@ class ConfigurationApi:
 
     async def publish_plan(self, request: pb.PublishTrackingPlanRequest) -> pb.PublishTrackingPlanResponse:
         """PublishTrackingPlan."""
-        validate_request(request)
         expected = request.expected_version if request.HasField("expected_version") else None
         published = await self.plans.publish(
             plan_from_proto(request.plan),
@@ -86,7 +84,6 @@ class ConfigurationApi:
 
     async def define_attribute(self, request: pb.DefineAttributeRequest) -> pb.DefineAttributeResponse:
         """DefineAttribute."""
-        validate_request(request)
         if request.attribute.type not in _ATTRIBUTE_TYPES:
             raise InvalidInput.field("attribute.type", "is required")
         expected = request.expected_version if request.HasField("expected_version") else None
@@ -99,7 +96,6 @@ class ConfigurationApi:
 
     async def list_attributes(self, request: pb.ListAttributesRequest) -> pb.ListAttributesResponse:
         """ListAttributes: keyset pages by attribute id."""
-        validate_request(request)
         after = _untoken(request.page.page_token, "a:")
         found, last = self.view.attributes(request.page.page_size, after)
         token = _token("a:" + last) if last else ""
@@ -110,7 +106,6 @@ class ConfigurationApi:
 
     async def list_violations(self, request: pb.ListViolationsRequest) -> pb.ListViolationsResponse:
         """ListViolations: offset pages of counts, largest first."""
-        validate_request(request)
         raw = _untoken(request.page.page_token, "o:")
         offset = int(raw) if raw.isdigit() else 0
         wanted = ViolationFilter(

@@ -18,7 +18,6 @@ from cdp.ingest.v1 import ingest_service_pb2 as pb
 from cdp.ingest.v1 import ingest_service_pb2_grpc
 from cdp.runtime.auth import Access, current_principal
 from cdp.runtime.server import method_access
-from cdp.runtime.validation import validate_request
 from services.ingest.application import Collector
 from services.ingest.config_grpc import ConfigurationApi
 from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, InvalidMessage
@@ -180,7 +179,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
     async def _single(self, request: _SingleRequest, kind: str) -> pb.MessageResult:
         """One message: a rejection fails the call with INVALID_ARGUMENT naming the fields."""
-        validate_request(request)
         [outcome] = await self._collector.collect(
             current_principal.get().source_id,
             [raw_message(request.message)],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 import zlib
@@ -19,8 +20,8 @@ import structlog
 from aiohttp import web
 
 from cdp import errors
-from cdp.eventlog.port import EventStoreError
 from cdp.runtime.auth import Access, Authenticator, Principal, credential_from_metadata
+from cdp.runtime.errors import classify, failure_fields, is_outage, retry_after_of
 from services.ingest.application import Collector
 from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_MESSAGE_BYTES
 from services.ingest.domain.outcomes import Outcome, Reason, Status
@@ -91,6 +92,36 @@ class Refusal(Exception):
         if self.details:
             body["errors"] = self.details
         return json_response(body, status=self.status, headers=self.headers)
+
+
+# Domain errors → HTTP statuses, in one place (gRPC's table is `cdp.runtime.errors`). Outages and timeouts are
+# both 503 with Retry-After: Segment's SDKs retry 5xx and 429, and give up on other 4xx.
+_STATUS: list[tuple[type[errors.DomainError], int, str]] = [
+    (errors.InvalidInput, 400, "invalid_request"),
+    (errors.Unauthenticated, 401, "unauthorized"),
+    (errors.PermissionDenied, 403, "forbidden"),
+    (errors.NotFound, 404, "not_found"),
+    (errors.AlreadyExists, 409, "conflict"),
+    (errors.Conflict, 409, "conflict"),
+    (errors.ResourceExhausted, 429, "too_many_requests"),
+    (errors.NotBuiltYet, 501, "not_implemented"),
+    (errors.Unavailable, 503, "unavailable"),
+    (errors.DeadlineExceeded, 503, "timeout"),
+]
+
+
+def refusal_of(error: errors.DomainError) -> Refusal:
+    """The HTTP answer to a domain error: its status and code, field details, `Retry-After` for 429 and 503."""
+    status, code = next(((s, c) for kind, s, c in _STATUS if isinstance(error, kind)), (500, "internal"))
+    violations = error.violations if isinstance(error, errors.InvalidInput) else []
+    details = [
+        {"field": v.field, "reason": "invalid_field", "description": v.description} for v in violations
+    ]
+    retry_after = retry_after_of(error)
+    if retry_after is None and status == 503:
+        retry_after = errors.RETRY_AFTER_SECONDS
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+    return Refusal(status, code, str(error), details, headers)
 
 
 def bad_field(field: str, description: str) -> Refusal:
@@ -192,9 +223,8 @@ class HttpApi:
             response = refusal.response()
         except web.HTTPException as error:  # routing: 404 unknown path, 405 wrong method
             response = Refusal(error.status, _slug(error.reason), error.reason).response()
-        except Exception:
-            log.exception("http_request_failed", method=request.method, path=_route(request))
-            response = Refusal(500, "internal", "internal error; the request may be retried").response()
+        except Exception as error:
+            response = self._failed(request, error).response()
         self._cors(request, response)
         log.info(
             "http_request",
@@ -206,6 +236,17 @@ class HttpApi:
             source=request.get(_SOURCE, ""),
         )
         return response
+
+    def _failed(self, request: web.Request, error: Exception) -> Refusal:
+        """What any other failure gets: the domain error it stands for (`classify`, as on gRPC), or a 500."""
+        failure = classify(error)
+        if failure is None:
+            log.exception("http_request_failed", method=request.method, path=_route(request))
+            return Refusal(500, "internal", "internal error; the request may be retried")
+        if is_outage(failure):
+            fields = failure_fields(error) if failure is not error else {}
+            log.warning("http_dependency_failed", path=_route(request), error=str(failure), **fields)
+        return refusal_of(failure)
 
     def _single_handler(self, kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
@@ -245,15 +286,11 @@ class HttpApi:
             raise self._shed("too many events in flight")
         self._events += len(raws)
         try:
+            # An outage (log or read model) fails the whole request with 503 in the edge middleware: nothing was
+            # acknowledged, and a retry stores what is missing and dedupes what got in.
             if kind is None:
                 return await self._collector.collect(source_id, raws, defaults=defaults, path="batch")
             return await self._collector.collect(source_id, raws, default_type=kind, path="", indexed=False)
-        except EventStoreError as error:
-            # Nothing was acknowledged; a retry stores what is missing and dedupes what got in.
-            log.error("http_append_failed", error=str(error))
-            raise Refusal(
-                503, "unavailable", "the event log is unavailable; retry", headers=self._retry()
-            ) from None
         except RecursionError:
             raise bad_field("body", "is nested too deeply") from None
         finally:

@@ -25,8 +25,15 @@ def pids(env: dict[str, str]) -> dict[str, int]:
 
 
 def rows(status: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
-    """`cdp status` as {server: [pid, address, health, detail...]}."""
-    return {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
+    """`cdp status` as {server: [pid, address, health, detail...]} (the indented reactor lines left out)."""
+    lines = [line for line in status.stdout.splitlines()[1:] if line and not line[0].isspace()]
+    return {line.split()[0]: line.split()[1:] for line in lines}
+
+
+def reactor_rows(status: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
+    """`cdp status`'s reactor lines as {reactor: [state, "lag", n, "parked", n, ...]}."""
+    lines = [line.split() for line in status.stdout.splitlines() if line.startswith("  reactor ")]
+    return {words[1]: words[2:] for words in lines}
 
 
 def alive(pid: int) -> bool:
@@ -118,6 +125,9 @@ def test_a_killed_service_is_dead_in_status_until_up_restarts_it(cluster_env: di
         "DEAD",
     ]
     assert "no error logged (killed?)" in " ".join(shown["segments"][3:])
+    reactors = reactor_rows(status)
+    assert sorted(reactors) == ["identity-resolver", "ingest-config", "ingest-state"]
+    assert all(words[:5] == ["live", "lag", "0", "parked", "0"] for words in reactors.values()), status.stdout
     assert [row[2] for name, row in shown.items() if name != "segments"] == ["SERVING"] * len(SERVICES)
 
     if shutil.which("make"):  # make reports a failed recipe with its own exit code, 2, and names ours

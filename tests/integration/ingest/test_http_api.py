@@ -10,12 +10,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from cdp.events import MessageCollected, streams
+from cdp.ingest.v1 import ingest_service_pb2 as pb
 from services.ingest.domain.messages import MAX_BATCH_BYTES
 from services.ingest.http_api import SINGLE_PATHS, HttpLimits
+from tests.integration.identity.conftest import POSTGRES
+from tests.integration.ingest.conftest import WRITE_KEY, message, settings_for
 from tests.integration.ingest.test_http_load import WEB_KEY, HttpIngest, basic, running_http_ingest
+from tests.integration.runtime.tcp_proxy import postgres_behind_proxy
 
 MESSAGES: dict[str, dict[str, Any]] = {
     "identify": {"userId": "u-1", "traits": {"email": "ada@example.com"}},
@@ -285,3 +290,35 @@ async def test_stopping_ingest_closes_the_http_port(tmp_path: Path) -> None:
         assert (await api.post("/v1/t", MESSAGES["track"]))[0] == 200
     with pytest.raises(OSError):
         await asyncio.open_connection(host, int(port))
+
+
+@pytest.mark.postgres
+async def test_an_outage_gets_503_with_retry_after_on_http_and_unavailable_on_grpc_then_recovers(
+    tmp_path: Path,
+) -> None:
+    if POSTGRES == "skip":
+        pytest.skip("CDP_TEST_POSTGRES=skip")
+    async with postgres_behind_proxy(POSTGRES) as database:
+        settings = settings_for(
+            tmp_path,
+            CDP_HTTP_PORT="0",
+            CDP_EVENT_STORE=database.event_store,
+            CDP_READ_MODEL_URL=database.read_model_url,
+        )
+        async with running_http_ingest(tmp_path, settings=settings) as api:
+            assert (await api.post("/v1/track", {**MESSAGES["track"], "messageId": "before"}))[0] == 200
+            await database.proxy.cut()
+            batch = {"batch": [{**MESSAGES["track"], "type": "track", "messageId": "during"}]}
+            for path, body in (
+                ("/v1/track", {**MESSAGES["track"], "messageId": "during"}),
+                ("/v1/batch", batch),
+            ):
+                status, reply, headers = await api.post(path, body)
+                assert (status, reply["code"], headers.get("Retry-After")) == (503, "unavailable", "2"), path
+            track = pb.TrackRequest(message=message(userId="u-1", event="Signed Up", messageId="during-grpc"))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await api.ingest.stub.Track(track, metadata=WRITE_KEY)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            await database.proxy.restore()
+            assert (await api.post("/v1/track", {**MESSAGES["track"], "messageId": "after"}))[0] == 200
+            assert sorted(await stored(api)) == ["after", "before"]
