@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc, make_url
 
+READ_MODEL_BUSY_MS = 30_000
+"""How long a read-model writer waits for another (a reactor's batch holds the lock while it appends)."""
 WAL_SWITCH_TIMEOUT = 10.0
 """Seconds a new connection waits for others to finish switching the same file to WAL."""
 
@@ -35,12 +37,13 @@ def postgres_timeouts(named: Iterable[str]) -> dict[str, int]:
     return {key: value for key, value in POSTGRES_TIMEOUTS.items() if key not in present}
 
 
-def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
+def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str], immediate: bool = False) -> Engine:
     """An engine for `url`; `postgresql://` means psycopg 3; SQLite files get their folder and `sqlite_pragmas`.
 
     SQLite connections run in autocommit mode and begin their own transactions: BEGIN IMMEDIATE when a
     connection carries the `sqlite_immediate` execution option (writers take the lock up front, so a
-    read-then-write transaction cannot fail to upgrade), BEGIN otherwise.
+    read-then-write transaction cannot fail to upgrade: it waits for the busy timeout instead of failing with
+    "database is locked"), BEGIN otherwise. `immediate` makes that option the engine's default.
     """
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -51,7 +54,7 @@ def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str]) -> Engine:
     path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    engine = create_engine(url, execution_options={"sqlite_immediate": immediate})
 
     def connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, see `begin`
@@ -78,11 +81,21 @@ def create_tables(metadata: MetaData, engine: Engine) -> None:
 
 
 def create_read_model_engine(url: str) -> Engine:
-    """An engine for a service's read-model database; SQLite gets WAL and locks taken up front for writers."""
+    """An engine for a service's read-model database. On SQLite (WAL) every transaction takes the write lock up
+    front unless it comes from `read_only(engine)`: a writer never has to upgrade a read lock, which is what
+    fails with "database is locked" without waiting; writers queue on the busy timeout instead."""
     # NORMAL sync is enough for read models: the log can always replay them.
     return create_sql_engine(
-        url, sqlite_pragmas=("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL")
+        url,
+        sqlite_pragmas=(f"busy_timeout={READ_MODEL_BUSY_MS}", "journal_mode=WAL", "synchronous=NORMAL"),
+        immediate=True,
     )
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same database for queries: on SQLite their transactions begin DEFERRED, so in WAL mode readers never
+    wait for the writer (nor it for them). Nothing written through it is safe from "database is locked"."""
+    return engine.execution_options(sqlite_immediate=False)
 
 
 def enable_wal(connection: Any, timeout: float) -> None:

@@ -18,6 +18,7 @@ from cdp.events import EventMetadata, from_recorded
 from cdp.events.identity import IdentityRulesSet
 from cdp.events.streams import config_stream
 from cdp.keyring import Keyring
+from cdp.sqlengine import read_only
 from services.identity import queries
 from services.identity.domain.decisions import Split
 from services.identity.domain.graph import Graph
@@ -71,7 +72,7 @@ class IdentityApp:
         keyring: Keyring,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._store, self._resolver, self._engine = store, resolver, engine
+        self._store, self._resolver, self._engine = store, resolver, read_only(engine)
         self._hasher, self._keyring, self._clock = hasher, keyring, clock
 
     def subject_of(self, ref: IdentifierRef) -> tuple[str, str] | None:

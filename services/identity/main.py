@@ -26,6 +26,7 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, Resolver]:
     engine = resources.read_model_engine(settings, "identity")
     hasher = resources.subject_ids(settings)
     resolver = Resolver(store, keyring, hasher, engine)
+    await asyncio.to_thread(resolver.resolution.create_tables)
     app = IdentityApp(store, resolver, engine, hasher, keyring)
 
     async def stop() -> None:

@@ -309,11 +309,18 @@ class Resolution(Policy):
         with self.engine.connect() as connection:
             return schema_outdated(connection)
 
-    def _load(self) -> State:
+    def create_tables(self) -> None:
+        """Create the read model's tables unless they are another code's layout (`load` rebuilds those): so
+        queries find tables from the start, before the state has loaded."""
+        if self._schema_outdated():
+            return
         metadata.create_all(self.engine)
         with self.engine.begin() as connection:
             if connection.scalar(select(schema.c.fingerprint)) is None:
                 stamp_schema(connection)  # a fresh database
+
+    def _load(self) -> State:
+        self.create_tables()
         with Session(self.engine) as session:
             return load_state(session)
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from cdp.eventlog.port import EventStore
 from cdp.keyring import Keyring
 from cdp.reactor import Reactor
+from cdp.sqlengine import read_only
 from services.identity.domain.decisions import Decision, Split
 from services.identity.domain.identifiers import Hasher
 from services.identity.readmodel import State, dumps, metadata
@@ -35,7 +36,7 @@ class Resolver:
     ) -> None:
         self.resolution = Resolution(store, keyring, hasher, engine)
         self.reactor = Reactor(store, self.resolution, engine, batch_size=batch_size)
-        self._engine = engine
+        self._reader = read_only(engine)
 
     @property
     def position(self) -> int:
@@ -89,7 +90,7 @@ class Resolver:
         """Every read-model row as sorted JSON, per table (to compare a rebuild with the live model)."""
 
         def read() -> dict[str, list[str]]:
-            with self._engine.connect() as connection:
+            with self._reader.connect() as connection:
                 return {
                     table.name: sorted(dumps(dict(row._mapping)) for row in connection.execute(select(table)))
                     for table in metadata.sorted_tables

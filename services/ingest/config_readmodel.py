@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from cdp.eventlog.port import EventFilter, RecordedEvent
 from cdp.events import AttributeDefined, MessageCollected, TrackingPlanPublished, from_recorded
+from cdp.sqlengine import read_only
 from services.ingest.configuration import BlockedKey, attribute_from_event, plan_from_event
 from services.ingest.domain.catalog import Attribute, AttributeType, band_from_json
 from services.ingest.domain.tracking_plans import TrackingPlan
@@ -121,6 +122,7 @@ class ConfigView:
 
     def __init__(self, engine: Engine, on_plan: Callable[[TrackingPlan], object] = lambda plan: None) -> None:
         self._engine = engine
+        self._reader = read_only(engine)
         self._on_plan = on_plan
         counter_metadata.create_all(engine)
 
@@ -193,7 +195,7 @@ class ConfigView:
     def attributes(self, page_size: int, after: str) -> tuple[list[Attribute], str]:
         """A page of the catalog ordered by id, and the token of the next page ('' at the end)."""
         size = _page_size(page_size)
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             rows = connection.execute(
                 select(attributes.c.attribute_id, attributes.c.body)
                 .where(attributes.c.attribute_id > after)
@@ -209,7 +211,7 @@ class ConfigView:
         """A page of grouped counts ordered by count (descending); True if more pages follow."""
         size = _page_size(page_size)
         query = _violations_query(wanted).offset(offset).limit(size + 1)
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             rows = connection.execute(query).all()
         counts = [_count_from(row._mapping) for row in rows[:size]]
         return counts, len(rows) > size

@@ -7,6 +7,7 @@ Plans and attributes are event-sourced: the write side reads the entity's own st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from collections import Counter
@@ -72,6 +73,10 @@ class BlockedKey:
     hour: datetime
 
 
+Drained = tuple[BlockedKey, int, datetime, datetime]
+"""A blocked violation's tally: its key, count, first and last seen."""
+
+
 class PlanEnforcer:
     """The collector's `PlanCheck`: the in-memory plan book, plus a tally of blocked violations.
 
@@ -113,11 +118,18 @@ class PlanEnforcer:
             first, _ = self._seen.get(key, (now, now))
             self._seen[key] = (first, now)
 
-    def drain(self) -> list[tuple[BlockedKey, int, datetime, datetime]]:
+    def drain(self) -> list[Drained]:
         """Take the tally so far (key, count, first seen, last seen) and start a new one."""
         blocked, seen = self._blocked, self._seen
         self._blocked, self._seen = Counter(), {}
         return [(key, count, *seen[key]) for key, count in blocked.items()]
+
+    def restore(self, drained: Sequence[Drained]) -> None:
+        """Put back a drained tally that could not be written (it is tried again with the next one)."""
+        for key, count, first, last in drained:
+            self._blocked[key] += count
+            earlier, later = self._seen.get(key, (first, last))
+            self._seen[key] = (min(earlier, first), max(later, last))
 
 
 class TrackingPlans:
@@ -456,11 +468,31 @@ def _rejection_text(outcome: Outcome) -> str:
 
 
 async def flush_blocked_forever(
-    enforcer: PlanEnforcer, sink: Callable[[list[Any]], Any], every: float
+    enforcer: PlanEnforcer, sink: Callable[[list[Drained]], Any], every: float
 ) -> None:
     """Move the blocked tally into its table every few seconds (the last part is flushed on stop)."""
     while True:
         await asyncio.sleep(every)
-        drained = enforcer.drain()
-        if drained:
-            await asyncio.to_thread(sink, drained)
+        await flush_blocked(enforcer, sink)
+
+
+async def flush_blocked(enforcer: PlanEnforcer, sink: Callable[[list[Drained]], Any]) -> bool:
+    """Write the tally so far; True when written. A write in progress finishes even if the caller is cancelled
+    (the tally left the enforcer), and a write that fails puts the tally back, so no count is lost."""
+    drained = enforcer.drain()
+    if not drained:
+        return True
+    writing = asyncio.ensure_future(asyncio.to_thread(sink, drained))
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await writing
+        if writing.cancelled() or writing.exception() is not None:
+            enforcer.restore(drained)
+        raise
+    except Exception as error:
+        enforcer.restore(drained)
+        log.warning("blocked_counts_not_written", error=f"{type(error).__name__}: {error}")
+        return False
+    return True

@@ -21,6 +21,7 @@ from services.ingest.configuration import (
     CsvImports,
     PlanEnforcer,
     TrackingPlans,
+    flush_blocked,
     flush_blocked_forever,
 )
 from services.ingest.domain.tracking_plans import PlanBook
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
 BLOCKED_FLUSH_SECONDS = 2.0
+FINAL_FLUSH_ATTEMPTS = 5
 
 
 async def build(settings: Settings, *, http_limits: HttpLimits | None = None) -> ServiceApp:
@@ -56,7 +58,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     catalog = AttributeCatalog(store)
     configuration = ConfigurationApi(plans, catalog, CsvImports(collector, catalog, store), config_view)
 
-    async def flush_blocked() -> None:
+    async def flush_blocked_counts() -> None:
         await flush_blocked_forever(enforcer, config_view.add_blocked, BLOCKED_FLUSH_SECONDS)
 
     async def housekeeping() -> None:
@@ -73,7 +75,14 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
 
     async def close() -> None:
         committer.drain()
-        config_view.add_blocked(enforcer.drain())
+        # The background flush was cancelled and awaited (a write in progress finished); what is left of the
+        # tally is written here, retried a few times: `make down` must not lose counts.
+        for attempt in range(FINAL_FLUSH_ATTEMPTS):
+            if await flush_blocked(enforcer, config_view.add_blocked):
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            log.error("blocked_counts_lost", counts=sum(count for _, count, _, _ in enforcer.drain()))
         await store.close()
         keyring.close()
         engine.dispose()
@@ -93,7 +102,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         name="ingest",
         servicers=[(add, IngestServicer(collector, configuration), SERVICE.full_name)],
         access=ACCESS,
-        background=[committer.run, housekeeping, http, flush_blocked],
+        background=[committer.run, housekeeping, http, flush_blocked_counts],
         on_stop=[close],
         reactors=[runner, config_runner],
     )

@@ -24,6 +24,7 @@ from cdp.events import (
     SubjectUnsuppressed,
     from_recorded,
 )
+from cdp.sqlengine import read_only
 
 metadata = MetaData()
 
@@ -52,7 +53,7 @@ class IngestState:
     filter = EventFilter(event_types=tuple(cls.type_name for cls in _TYPES))
 
     def __init__(self, engine: Engine, on_erased: Callable[[str], None] = lambda subject: None) -> None:
-        self._engine = engine
+        self._engine = read_only(engine)  # queries only: the reactor writes through its own engine
         self._on_erased = on_erased
         """Called with each erased subject (the keyring evicts its cached key)."""
         self.suppressed: frozenset[str] = frozenset()

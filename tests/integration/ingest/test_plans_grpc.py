@@ -20,6 +20,7 @@ from cdp.runtime.errors import field_violations
 from cdp.sqlengine import create_read_model_engine
 from services.ingest.config_readmodel import ConfigView, ViolationFilter
 from tests.integration.ingest.conftest import WRITE_KEY, Ingest, message, running_ingest, settings_for
+from tests.waiting import eventually
 
 ADMIN = (("authorization", "Bearer dev-admin-token"),)
 IOS_KEY = (("authorization", "Bearer ios-key"),)
@@ -80,13 +81,14 @@ def order(message_id: str, **properties: Any) -> pb.TrackRequest:
 async def violations(ingest: Ingest, expected_total: int, **filters: Any) -> list[pb.ViolationCount]:
     """Poll ListViolations until the counts add up (projection and blocked tally are asynchronous)."""
     counts: list[pb.ViolationCount] = []
-    for _ in range(100):
+
+    async def added_up() -> bool:
         reply = await ingest.stub.ListViolations(pb.ListViolationsRequest(**filters), metadata=ADMIN)
-        counts = list(reply.counts)
-        if sum(c.count for c in counts) >= expected_total:
-            return counts
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"violation counts did not reach {expected_total}: {counts}")
+        counts[:] = list(reply.counts)
+        return sum(c.count for c in counts) >= expected_total
+
+    await eventually(added_up)
+    return counts
 
 
 async def test_publishing_versions_a_plan_and_get_returns_latest_or_given(ingest: Ingest) -> None:
@@ -217,6 +219,22 @@ async def test_a_published_plan_is_enforced_after_a_restart(tmp_path: Path) -> N
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await ingest.stub.Track(order("r-1", revenue="x"), metadata=IOS_KEY)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_blocked_counts_survive_a_stop_that_comes_before_their_flush(tmp_path: Path) -> None:
+    """`make down` right after blocked messages: the tally is written on the way out, not lost."""
+    settings = settings_for(tmp_path)
+    async with running_ingest(settings) as ingest:
+        await publish(ingest, shop_plan())
+        for n in range(7):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await ingest.stub.Track(
+                    pb.TrackRequest(message=message(userId="u", event="Secret Event", messageId=f"s-{n}")),
+                    metadata=IOS_KEY,
+                )
+    async with running_ingest(settings) as ingest:
+        [counted] = await violations(ingest, 7, source_id="ios")
+        assert (counted.count, counted.blocked_count) == (7, 7)
 
 
 async def test_attributes_are_defined_versioned_and_listed(ingest: Ingest) -> None:

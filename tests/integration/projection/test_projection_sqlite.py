@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 from cdp.eventlog import open_event_store
 from cdp.eventlog.port import EventStore
 from cdp.reactor import Reactor
-from cdp.sqlengine import create_read_model_engine
+from cdp.sqlengine import create_read_model_engine, read_only
 from tests.unit.reactor.counting import EventTypeCounts, events, read_counts
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,7 +27,7 @@ CRASHING_RUNNER = """
 import asyncio, sys
 from cdp.eventlog import open_event_store
 from cdp.reactor import Reactor
-from cdp.sqlengine import create_read_model_engine
+from cdp.sqlengine import create_read_model_engine, read_only
 from tests.unit.reactor.counting import EventTypeCounts
 
 async def main():
@@ -163,7 +163,7 @@ async def test_postgres_read_model(store: EventStore) -> None:
 def _checkpoint(engine: Engine) -> int:
     """The stored checkpoint (-2 before the child created the table)."""
     try:
-        with engine.connect() as conn:
+        with read_only(engine).connect() as conn:
             value = conn.execute(text("SELECT position FROM projection_checkpoints")).scalar()
             return -2 if value is None else int(value)
     except Exception:

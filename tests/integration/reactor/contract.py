@@ -22,7 +22,7 @@ from cdp.eventlog import EventStore
 from cdp.events import EventParked, from_recorded
 from cdp.events.streams import parked_stream
 from cdp.reactor import Reactor, ReactorHalted, RetryPolicy
-from cdp.sqlengine import create_read_model_engine
+from cdp.sqlengine import create_read_model_engine, read_only
 from tests.integration.reactor.receipts import (
     ORDERS,
     Crash,
@@ -42,7 +42,7 @@ CHILD = """
 import asyncio, sys
 from cdp.eventlog import open_event_store
 from cdp.reactor import Reactor
-from cdp.sqlengine import create_read_model_engine
+from cdp.sqlengine import create_read_model_engine, read_only
 from tests.integration.reactor.receipts import Receipts, SlowAfterAppend
 
 async def main():
@@ -245,7 +245,7 @@ class ReactorContract(abc.ABC):
 def _rows_or_none(engine: Engine) -> list[str]:
     """The read model's rows, or none before the child created the table."""
     try:
-        with engine.connect() as connection:
+        with read_only(engine).connect() as connection:  # a reader never waits for the writer
             return [row[0] for row in connection.execute(text("SELECT order_id FROM reactor_receipts"))]
     except Exception:
         return []

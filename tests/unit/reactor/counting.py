@@ -9,6 +9,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
 from cdp.eventlog.port import ALL, EventFilter, NewEvent, RecordedEvent
+from cdp.sqlengine import read_only
 
 metadata = MetaData()
 counts = Table(
@@ -67,7 +68,7 @@ class EventTypeCounts:
 
 def read_counts(engine: Engine) -> dict[str, int]:
     """The read model's content."""
-    with engine.connect() as conn:
+    with read_only(engine).connect() as conn:
         return {str(type_): int(n) for type_, n in conn.execute(select(counts.c.event_type, counts.c.count))}
 
 
