@@ -76,7 +76,7 @@ class Harness:
 
     async def settle(self) -> None:
         """Wait until the resolver has processed everything in the log."""
-        await self.resolver.wait_for(await self.store.head_position())
+        await self.resolver.wait_for(await self.store.head_position(), within=60)
 
 
 def settings_for(path: Path, **changes: Any) -> Settings:

@@ -3,7 +3,6 @@ violations, survive a restart; define and list attributes."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -264,19 +263,13 @@ async def test_attributes_are_defined_versioned_and_listed(ingest: Ingest) -> No
     country = pb.Attribute(attribute_id="country", attribute="country", type=pb.ATTRIBUTE_TYPE_STRING)
     await ingest.stub.DefineAttribute(pb.DefineAttributeRequest(attribute=country), metadata=ADMIN)
 
-    listed: list[pb.Attribute] = []
-    for _ in range(100):
-        page = await ingest.stub.ListAttributes(
-            pb.ListAttributesRequest(page={"page_size": 1}), metadata=ADMIN
-        )
-        if page.attributes and page.attributes[0].version == 2 and page.page.next_page_token:
-            rest = await ingest.stub.ListAttributes(
-                pb.ListAttributesRequest(page={"page_size": 1, "page_token": page.page.next_page_token}),
-                metadata=ADMIN,
-            )
-            listed = [*page.attributes, *rest.attributes]
-            break
-        await asyncio.sleep(0.05)
+    await ingest.settled()  # the catalog is a read model: projected in the background
+    page = await ingest.stub.ListAttributes(pb.ListAttributesRequest(page={"page_size": 1}), metadata=ADMIN)
+    rest = await ingest.stub.ListAttributes(
+        pb.ListAttributesRequest(page={"page_size": 1, "page_token": page.page.next_page_token}),
+        metadata=ADMIN,
+    )
+    listed = [*page.attributes, *rest.attributes]
     assert [(a.attribute_id, a.version) for a in listed] == [("age", 2), ("country", 1)]
     assert listed[0].description == "Age in whole years"
 
@@ -311,10 +304,7 @@ async def test_the_config_read_model_rebuilt_from_the_log_equals_the_live_one(
     )
     await violations(ingest, 6, source_id="web")  # 3 invalid types + 3 omitted properties, projected live
     live = ConfigView(resources.read_model_engine(ingest.settings, "ingest"))
-    for _ in range(100):
-        if live.attributes(10, "")[0]:
-            break
-        await asyncio.sleep(0.05)
+    await ingest.settled()
     engine = create_read_model_engine(f"sqlite:///{tmp_path / 'rebuilt.db'}")
     rebuilt = ConfigView(engine)
     await Reactor(ingest.log, rebuilt, engine).catch_up()

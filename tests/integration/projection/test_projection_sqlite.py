@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -20,6 +21,7 @@ from cdp.eventlog.port import EventStore
 from cdp.reactor import Reactor
 from cdp.sqlengine import create_read_model_engine, read_only
 from tests.unit.reactor.counting import EventTypeCounts, events, read_counts
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[3]
 POSTGRES = os.environ.get("CDP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -28,6 +30,7 @@ import asyncio, sys
 from cdp.eventlog import open_event_store
 from cdp.reactor import Reactor
 from cdp.sqlengine import create_read_model_engine, read_only
+from tests.waiting import eventually
 from tests.unit.reactor.counting import EventTypeCounts
 
 async def main():
@@ -54,13 +57,9 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-async def until(condition: object) -> None:
-    """Wait (at most 10 s) for a condition the runner makes true in the background."""
-    for _ in range(2000):
-        if condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met within 10 s")
+async def until(condition: Any) -> None:
+    """Wait for a condition the runner makes true in the background (a generous cap, not a timing check)."""
+    await eventually(condition)
 
 
 async def test_rebuild_equals_live_with_concurrent_appends(
