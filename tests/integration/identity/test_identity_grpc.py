@@ -369,6 +369,12 @@ async def test_rules_are_versioned_validated_and_applied(harness: Harness) -> No
             pb.SetIdentityRulesRequest(rules=rules, expected_version=0), metadata=ADMIN
         )
     assert raised.value.code() == grpc.StatusCode.ABORTED
+    rules.max_merges = 20  # a second version is the one in force (get_rules once read the first one back)
+    again = await h.stub.SetIdentityRules(
+        pb.SetIdentityRulesRequest(rules=rules, expected_version=1), metadata=ADMIN
+    )
+    current = await h.stub.GetIdentityRules(pb.GetIdentityRulesRequest(), metadata=ADMIN)
+    assert (again.rules.version, current.rules.version, current.rules.max_merges) == (2, 2, 20)
     # A blocked e-mail links nothing: two people sharing it stay apart.
     await h.collect("identify", at=T0, anonymousId="a1", traits={"email": "TEST@example.com"})
     await h.collect("identify", at=T0, anonymousId="a2", traits={"email": "test@example.com"})
