@@ -65,6 +65,7 @@ format: setup
 
 bench: setup
 	$(PY) -m bench.eventlog
+	$(PY) -m bench.events
 	$(PY) -m bench.ingest
 	$(PY) -m bench.ingest.csv_onboarding
 	$(PY) -m bench.identity

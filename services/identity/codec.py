@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
@@ -14,7 +11,6 @@ from cdp.eventlog.port import NewEvent, RecordedEvent
 from cdp.events import EventMetadata, format_datetime, from_recorded
 from cdp.events.envelope import DomainEvent
 from cdp.events.identity import IdentifierLinked, MergeRejected, ProfilesMerged, ProfileSplit
-from cdp.events.ingest import MessageCollected
 from cdp.events.streams import profile_stream
 from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split
 
@@ -184,93 +180,13 @@ def caused_by(message: RecordedEvent) -> EventMetadata:
     return EventMetadata.caused_by(message, ACTOR)
 
 
-_LONG_NUMBER = re.compile(rb"\d{19}")
-"""orjson turns integers beyond 64 bits into floats; such bodies take the catalog's decoder (as it does)."""
-
-
 def decode(recorded: RecordedEvent) -> DomainEvent:
-    """The event a recorded event holds; a current `MessageCollected` is decoded directly.
-
-    It equals `from_recorded` (a unit test holds them equal): the catalog's generic decoder resolves type
-    hints field by field for each of the resolver's messages, which costs more than opening the payload.
-    Anything unusual (older schema, long numbers, a body that does not fit) takes the catalog's path.
-    """
-    if recorded.type != MessageCollected.type_name:
-        return from_recorded(recorded)
-    message = decode_message(recorded.data, recorded.metadata.get("schema_version", "1"))
-    return from_recorded(recorded) if message is None else message  # the catalog raises its error
+    """The event a recorded event holds (the catalog's decoder)."""
+    return from_recorded(recorded)
 
 
 def decode_decision(recorded: RecordedEvent) -> Decision | None:
-    """The decision an identity event records (None for other events), its event decoded directly.
-
-    It equals `from_event(id, from_recorded(recorded))` (a unit test holds them equal); replays decode every
-    decision of the log, where the catalog's generic decoder (type hints resolved field by field) costs most of
-    the time. Anything unusual (older schema, long numbers, a body that does not fit) takes the catalog's path.
-    """
-    event_class = _DECISION_EVENTS.get(recorded.type)
-    if event_class is None:
+    """The decision an identity event records; None for other events, without decoding them."""
+    if recorded.type not in DECISION_TYPES:
         return None
-    decision_id = str(recorded.id)
-    current = recorded.metadata.get("schema_version", "1") == str(event_class.version)
-    if current and not _LONG_NUMBER.search(recorded.data):
-        try:
-            return from_event(decision_id, event_class(**_decision_fields(orjson.loads(recorded.data))))
-        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-            pass
-    return from_event(decision_id, from_recorded(recorded))
-
-
-_DECISION_EVENTS: dict[str, type[DomainEvent]] = {
-    cls.type_name: cls for cls in (IdentifierLinked, ProfilesMerged, MergeRejected, ProfileSplit)
-}
-"""The current version of each decision event; an older one (to upcast) takes the catalog's path."""
-_DECISION_MOMENTS = frozenset({"seen_at", "decided_at"})
-
-
-def _decision_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """A decision event's body as its fields: moments parsed, the split's subjects a tuple; absent fields
-    take the class's defaults and unknown ones fail (TypeError), as with the catalog."""
-    fields = {k: _moment(v) if k in _DECISION_MOMENTS else v for k, v in body.items()}
-    if "subject_ids" in fields:
-        if not isinstance(fields["subject_ids"], list):
-            raise TypeError("subject_ids is not a list")
-        fields["subject_ids"] = tuple(fields["subject_ids"])
-    return fields
-
-
-def decode_message(data: bytes, schema_version: str) -> MessageCollected | None:
-    """A `MessageCollected` body decoded directly; None when it is unusual (for the catalog's decoder)."""
-    if _LONG_NUMBER.search(data) or int(schema_version) != MessageCollected.version:
-        return None
-    try:
-        return _message(orjson.loads(data))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return None
-
-
-def _message(body: dict[str, Any]) -> MessageCollected:
-    # Absent fields take the class's defaults, present ones are taken as they are: as the catalog does.
-    optional: dict[str, Any] = {}
-    if "event_name" in body:
-        optional["event_name"] = body["event_name"]
-    if "sent_at" in body:
-        optional["sent_at"] = _moment(body["sent_at"])
-    if "plan_violations" in body:
-        violations = body["plan_violations"]
-        optional["plan_violations"] = None if violations is None else tuple(violations)
-    return MessageCollected(
-        message_id=body["message_id"],
-        message_type=body["message_type"],
-        source_id=body["source_id"],
-        subject_id=body["subject_id"],
-        timestamp=_moment(body["timestamp"]),
-        received_at=_moment(body["received_at"]),
-        identifiers=body["identifiers"],
-        payload=body["payload"],
-        **optional,
-    )
-
-
-def _moment(text: str | None) -> Any:
-    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+    return from_event(str(recorded.id), from_recorded(recorded))

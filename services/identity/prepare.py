@@ -3,8 +3,8 @@
 Decoding a message, decrypting its payload and extracting, normalising and hashing its identifiers need
 nothing of the graph. A worker process does that for page N+1 while the resolver decides and saves page N.
 It is given the data keys the resolver prefetched (key bytes), the rules in force and the subject-id secret
-(its `SubjectIds`); anything it cannot do exactly as the resolver would (an unusual body, a subject whose keys
-it was not given, any error) it leaves to the resolver, which then opens that message itself.
+(its `SubjectIds`); anything it cannot do exactly as the resolver would (a body the catalog refuses, a subject
+whose keys it was not given, any error) it leaves to the resolver, which then opens that message itself.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from cdp.eventlog.port import RecordedEvent
+from cdp.events import REGISTRY
 from cdp.events.ingest import PAYLOAD_CONTEXT, MessageCollected
 from cdp.events.streams import SUBJECT
 from cdp.keyring import DecryptionFailed, SubjectKeys, decrypt_value_with, is_subject_id
 from cdp.keyring import SubjectErased as KeyErased
-from services.identity import codec
 from services.identity.domain.decider import identities_from, previous_of
 from services.identity.domain.identifiers import Hasher, Identity, e164, raw_identifiers
 from services.identity.domain.rules import Rules
@@ -166,9 +166,8 @@ class Opener:
         self, data: bytes, version: str, keys: Mapping[str, SubjectKeys], rules: Rules
     ) -> Opened | None:
         try:
-            event = codec.decode_message(data, version)
-            found = keys.get(event.subject_id) if event is not None else None
-            if event is None or found is None:
+            event = REGISTRY.decode(MessageCollected.type_name, data, int(version))
+            if not isinstance(event, MessageCollected) or (found := keys.get(event.subject_id)) is None:
                 return None
             return self._observe(event, found, rules)
         except Exception:  # the resolver opens it again, and meets the error itself

@@ -79,7 +79,6 @@ flagged_counts = Table("ingest_flagged_counts", metadata, *_count_columns())
 blocked_counts = Table("ingest_blocked_counts", counter_metadata, *_count_columns())
 
 _KEY = ("source_id", "plan_id", "plan_version", "message_type", "event", "reason", "field", "hour")
-_NO_VIOLATIONS = b'"plan_violations":[]'
 _TYPES = (TrackingPlanPublished, AttributeDefined, MessageCollected)
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
@@ -130,13 +129,11 @@ class ConfigView:
         """Update the tables for a batch of events (inside the runner's transaction)."""
         flagged: dict[tuple[Any, ...], list[Any]] = {}
         for recorded in events:
-            if recorded.type == MessageCollected.type_name:
-                if _NO_VIOLATIONS in recorded.data:  # the common case, decided without decoding
-                    continue
-                self._flagged(session, recorded, flagged)
-                continue
             event = from_recorded(recorded)
-            if isinstance(event, TrackingPlanPublished):
+            if isinstance(event, MessageCollected):
+                if event.plan_violations:
+                    self._flagged(session, event, flagged)
+            elif isinstance(event, TrackingPlanPublished):
                 self._plan(session, event, recorded)
             elif isinstance(event, AttributeDefined) and event.attribute_id:
                 _attribute(session, event, recorded.recorded_at)
@@ -157,10 +154,8 @@ class ConfigView:
         self._on_plan(plan_from_event(recorded))
 
     def _flagged(
-        self, session: Session, recorded: RecordedEvent, into: dict[tuple[Any, ...], list[Any]]
+        self, session: Session, event: MessageCollected, into: dict[tuple[Any, ...], list[Any]]
     ) -> None:
-        event = from_recorded(recorded)
-        assert isinstance(event, MessageCollected)
         plan = session.execute(
             select(plan_sources.c.plan_id, plan_sources.c.plan_version).where(
                 plan_sources.c.source_id == event.source_id
