@@ -9,7 +9,8 @@ same recorded events in one run:
 
 - `orjson.loads` of the body alone: the baseline every decoder pays;
 - the catalog, `from_recorded(recorded)`: what every projection pays;
-- identity's codec (`codec.decode` for messages, `codec.decode_decision` for decisions, which also maps the
+- identity's codec (messages: the catalog itself, since identity has no decoder of its own; decisions:
+  `codec.decode_decision`, which also maps the
   event to the resolver's decision): what the resolver pays per event; and for decisions the catalog followed
   by that mapping (`codec.from_event`), to tell the mapping's cost from the decoder's;
 
@@ -129,13 +130,13 @@ def record(new: NewEvent, stream: str, position: int) -> RecordedEvent:
 
 
 def message_kind(name: str, messages: list[MessageCollected]) -> Kind:
-    """Recorded MessageCollected events, decoded in identity by `codec.decode`."""
+    """Recorded MessageCollected events, which identity decodes with the catalog (`from_recorded`)."""
     news = [m.to_new_event(SOURCE) for m in messages]
     recorded = [
         record(e, subject_stream(m.subject_id), i)
         for i, (e, m) in enumerate(zip(news, messages, strict=True))
     ]
-    return Kind(name, recorded, codec.decode, list(messages), SOURCE)
+    return Kind(name, recorded, from_recorded, list(messages), SOURCE)
 
 
 def decision_kind(name: str, decisions: list[d.Decision]) -> Kind:

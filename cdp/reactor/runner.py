@@ -308,6 +308,7 @@ class Reactor:
         await asyncio.wait({getter, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
             getter.cancel()
+            await asyncio.gather(getter, return_exceptions=True)  # stopping: whatever it held is read again
             return []
         batch = [getter.result()]
         if self._linger and not isinstance(batch[0], BaseException) and queue.qsize() < self._batch_size:

@@ -180,11 +180,6 @@ def caused_by(message: RecordedEvent) -> EventMetadata:
     return EventMetadata.caused_by(message, ACTOR)
 
 
-def decode(recorded: RecordedEvent) -> DomainEvent:
-    """The event a recorded event holds (the catalog's decoder)."""
-    return from_recorded(recorded)
-
-
 def decode_decision(recorded: RecordedEvent) -> Decision | None:
     """The decision an identity event records; None for other events, without decoding them."""
     if recorded.type not in DECISION_TYPES:
