@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -30,15 +29,12 @@ from sqlalchemy.orm import Session
 from cdp.eventlog.port import (
     EventStore,
     EventStoreError,
-    EventStoreUnavailable,
     RecordedEvent,
     StreamAppend,
-    StreamDeleted,
 )
-from cdp.events import EventMetadata
-from cdp.events.platform import EventParked
 from cdp.events.streams import parked_stream
 from cdp.faults import is_transient
+from cdp.reactor import feed
 from cdp.reactor.checkpoint import (
     CheckpointConflict,
     checkpoint_metadata,
@@ -46,7 +42,8 @@ from cdp.reactor.checkpoint import (
     move_checkpoint,
     write_checkpoint,
 )
-from cdp.reactor.policy import Policy, Projection, as_policy, derived_id
+from cdp.reactor.parking import count_parked, parked_event
+from cdp.reactor.policy import Policy, Projection, as_policy
 from cdp.reactor.status import ReactorStatus, RetryPolicy, State
 from cdp.sqlengine import create_tables
 
@@ -282,11 +279,11 @@ class Reactor:
     async def _follow(self) -> None:
         """Batches of whatever the subscription delivered; back to catching up when a full batch arrives."""
         self._state = State.LIVE
-        queue: asyncio.Queue[RecordedEvent | BaseException] = asyncio.Queue(self._batch_size * 2)
-        pump = asyncio.create_task(self._pump(queue))
+        queue: asyncio.Queue[feed.Item] = asyncio.Queue(self._batch_size * 2)
+        pump = asyncio.create_task(feed.pump(self._store, self._position, self._policy.filter, queue))
         stopping = asyncio.create_task(self._stopping.wait())
         try:
-            while batch := await self._next_batch(queue, stopping):
+            while batch := await feed.next_batch(queue, stopping, size=self._batch_size, linger=self._linger):
                 events = [item for item in batch if isinstance(item, RecordedEvent)]
                 if events:
                     await self._handle(events)
@@ -299,36 +296,6 @@ class Reactor:
             for task in (pump, stopping):
                 task.cancel()
             await asyncio.gather(pump, stopping, return_exceptions=True)
-
-    async def _next_batch(
-        self, queue: asyncio.Queue[RecordedEvent | BaseException], stopping: asyncio.Task[Any]
-    ) -> list[RecordedEvent | BaseException]:
-        """Wait for one item (or the stop request), then take what else is queued, up to a batch."""
-        getter = asyncio.create_task(queue.get())
-        await asyncio.wait({getter, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done():
-            getter.cancel()
-            await asyncio.gather(getter, return_exceptions=True)  # stopping: whatever it held is read again
-            return []
-        batch = [getter.result()]
-        if self._linger and not isinstance(batch[0], BaseException) and queue.qsize() < self._batch_size:
-            await asyncio.wait({stopping}, timeout=self._linger)
-        while (
-            len(batch) < self._batch_size and not queue.empty() and not isinstance(batch[-1], BaseException)
-        ):
-            batch.append(queue.get_nowait())
-        return batch
-
-    async def _pump(self, queue: asyncio.Queue[RecordedEvent | BaseException]) -> None:
-        """Move subscription events into the queue; a failure travels the same way, after the events before it."""
-        try:
-            async for recorded in self._store.subscribe(self._position, filter=self._policy.filter):
-                await queue.put(recorded)
-            await queue.put(EventStoreUnavailable("the subscription ended"))
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            await queue.put(error)
 
     # -- one batch --------------------------------------------------------------------------------------------
 
@@ -430,20 +397,7 @@ class Reactor:
             raise ReactorHalted(
                 f"{self._retry.park_limit} events in a row failed; the last: {type(error).__name__}: {error}"
             )
-        parked = EventParked(
-            reactor=self.name,
-            event_id=str(event.id),
-            global_position=event.global_position,
-            event_type=event.type,
-            stream=event.stream,
-            error_type=type(error).__name__,
-            error=str(error)[:500],
-            attempts=self._retry.park_after,
-            parked_at=datetime.now(UTC),
-        )
-        new = parked.to_new_event(
-            EventMetadata.caused_by(event, "system"), id=derived_id(event.id, "parked", self.name)
-        )
+        new = parked_event(self.name, event, error, self._retry.park_after)
         async with self._lock:
             if event.global_position <= self._position:
                 return
@@ -488,7 +442,7 @@ class Reactor:
             raise CheckpointConflict(f"checkpoint of {self.name} moved under this runner (to {position})")
         self._position, self._loaded = position, True
         self._scanned = max(self._scanned, self._position)
-        self._parked = await self._count_parked()
+        self._parked = await count_parked(self._store, self._parked_stream)
         await self._policy.load(self._position)
         self._started = True
 
@@ -496,13 +450,6 @@ class Reactor:
         if self._policy.metadata is not None:
             create_tables(self._policy.metadata, self._engine)
         return load_checkpoint(self._engine, self.name)
-
-    async def _count_parked(self) -> int:
-        try:
-            last = await self._store.read_stream(self._parked_stream, backwards=True, limit=1)
-        except StreamDeleted:
-            return 0
-        return last[0].stream_position + 1 if last else 0
 
     def _reset_tables(self, metadata: Any) -> None:
         metadata.drop_all(self._engine)
