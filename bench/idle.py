@@ -159,12 +159,12 @@ def start_baseline() -> tuple[subprocess.Popen[bytes], str]:
 def report(figures: Mapping[str, tuple[float, float]], seconds: float, target: float) -> None:
     """One line per service: % of a core, wake-ups per second, against the target."""
     print(f"\nidle for {seconds:.0f} s: CPU as % of one core (utime+stime, children included)")
-    print(f"  {'process':<22}{'% core':>8}{'wake-ups/s':>12}")
+    print(f"  {'process':<26}{'% core':>8}{'wake-ups/s':>12}")
     for name, (percent, wakeups) in figures.items():
         flag = "" if name.startswith("baseline") or percent < target else f"  over {target:g} %"
-        print(f"  {name:<22}{percent:>8.2f}{wakeups:>12.1f}{flag}")
+        print(f"  {name:<26}{percent:>8.2f}{wakeups:>12.1f}{flag}")
     services = [v[0] for k, v in figures.items() if not k.startswith("baseline")]
-    print(f"  {'all services':<22}{sum(services):>8.2f}")
+    print(f"  {'all services':<26}{sum(services):>8.2f}")
 
 
 def run(args: argparse.Namespace) -> int:
