@@ -574,6 +574,9 @@ class SQLiteEventStore(EventStore):
         if self._poll_thread is None:
             self._poll_thread = self._executor(1, "eventlog-sqlite-poller")
         seen = await self._run(self._poll_thread, _data_version)
+        # A commit between a subscriber's first read and this baseline would never move the counter
+        # again: wake everyone once, now that every later commit will.
+        self._signal.notify()
         while not self._closed:
             await asyncio.sleep(self._poll_interval)
             current = await self._run(self._poll_thread, _data_version)

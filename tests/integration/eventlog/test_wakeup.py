@@ -23,6 +23,7 @@ import pytest
 
 from cdp.eventlog import EventFilter, NewEvent, RecordedEvent
 from cdp.eventlog import filewatch as filewatch_module
+from cdp.eventlog import sqlite as sqlite_module
 from cdp.eventlog.postgres import PostgresEventStore, split_url
 from cdp.eventlog.sqlite import SQLiteEventStore, connect
 
@@ -267,6 +268,37 @@ async def test_without_inotify_the_poller_wakes_subscribers(
         await other.append("x-1", new_events(1))
         assert len(await taken) == 1
     assert inotify_descriptors() == 0
+
+
+class LatePollerStore(SQLiteEventStore):
+    """The real SQLite store whose poller takes its first data_version only once `gate` is set (a slow thread)."""
+
+    def __init__(self, path: str, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.gate = asyncio.Event()
+        self.reads = 0
+
+    async def _run(self, executor: Any, work: Callable[..., T], *args: Any) -> T:
+        """Hold the poller's first call until the gate opens; count completed page reads."""
+        if work is sqlite_module._data_version and not self.gate.is_set():
+            await self.gate.wait()
+        result = await super()._run(executor, work, *args)
+        self.reads += work is sqlite_module._read_page
+        return result
+
+
+async def test_a_commit_before_the_poller_starts_is_not_missed(path: str) -> None:
+    store = LatePollerStore(path, backstop=HOUR, wakeup="poll")
+    try:
+        async with sqlite_store(path) as other, subscription(store, -1, filter=EventFilter()) as events:
+            taken = asyncio.create_task(take(events, 1, seconds=30))
+            await wait_until(lambda: store.reads == 1)  # the first read is over and found nothing
+            assert store.wakeup == "poll" and not taken.done()
+            await other.append("x-1", new_events(1))  # after that read, before the poller's baseline
+            store.gate.set()
+            assert len(await taken) == 1
+    finally:
+        await store.close()
 
 
 def test_the_log_syncs_every_commit_unless_told_otherwise(path: str) -> None:
