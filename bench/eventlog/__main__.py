@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.eventlog --scale 4       # more events per measurement
     .venv/bin/python -m bench.eventlog --postgres skip # SQLite only
     .venv/bin/python -m bench.eventlog --only group    # just the group-commit figures (append_many)
+    .venv/bin/python -m bench.eventlog --only durability  # SQLite synchronous=NORMAL vs FULL
 
 The raw baseline inserts the same rows into an identical table with the bare driver (sqlite3 executemany;
 psycopg binary COPY) inside one transaction per batch, with no expected-version or idempotency checks.
@@ -23,11 +24,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.eventlog.group import measure_group, print_group
+from bench.eventlog.group import measure_group, print_group, time_group
 from bench.eventlog.raw import RawPostgres, RawSQLite, Rows
 from cdp.eventlog import START, EventFilter, EventStore, NewEvent, open_event_store
 from cdp.eventlog.common import encode_metadata
 from cdp.eventlog.postgres import PostgresEventStore
+from cdp.eventlog.sqlite import SQLiteEventStore, Synchronous
 
 BATCHES = (1, 100, 2500)
 PAYLOAD = b'{"event":"Order Completed","properties":{"revenue":42.5,"currency":"EUR"},"anonymousId":"a1"}' * 2
@@ -121,25 +123,31 @@ async def latency_in_process(store: EventStore, samples: int) -> list[float]:
 
 WRITER = """
 import asyncio, sys, time
-from cdp.eventlog import NewEvent, open_event_store
-async def main(url, stream, samples):
-    store = open_event_store(url)
+from cdp.eventlog import NewEvent, open_event_store, sqlite_path
+from cdp.eventlog.sqlite import SQLiteEventStore
+async def main(url, stream, samples, synchronous):
+    store = SQLiteEventStore(sqlite_path(url), synchronous=synchronous) if synchronous else open_event_store(url)
     await store.head_position()
     for _ in range(samples):
         await store.append(stream, [NewEvent("Ping", repr(time.time()).encode())])
         await asyncio.sleep(0.01)
     await store.close()
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
 """
 
 
-async def latency_cross_process(store: EventStore, url: str, samples: int) -> list[float]:
-    """Milliseconds from another process's append() call to delivery here (wall clocks of one machine)."""
+async def latency_cross_process(
+    store: EventStore, url: str, samples: int, synchronous: Synchronous | None = None
+) -> list[float]:
+    """Milliseconds from another process's append() call to delivery here (wall clocks of one machine).
+
+    `synchronous` sets the writer's level on a SQLite log (default: the log's own).
+    """
     category = "xlat" + uuid.uuid4().hex[:8]
     head = await store.head_position()
     delays: list[float] = []
     writer = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WRITER, url, f"{category}-1", str(samples)
+        sys.executable, "-c", WRITER, url, f"{category}-1", str(samples), synchronous or ""
     )
     async for event in store.subscribe(head, filter=EventFilter(categories=(category,))):
         delays.append((time.time() - float(event.data)) * 1000)
@@ -171,7 +179,7 @@ async def measure(
     args: argparse.Namespace,
 ) -> None:
     """Every figure for one backend (or only the group-commit ones)."""
-    if args.only != "group":
+    if args.only == "all":
         await measure_appends(backend, store, raw.insert, url, args)
     else:
         print(f"\n{backend}:")
@@ -202,15 +210,57 @@ async def measure_appends(
 
 
 async def bench_sqlite(args: argparse.Namespace, folder: Path) -> None:
-    """SQLite: port and raw on two files in a temporary folder."""
+    """SQLite: port and raw on two files in a temporary folder (both at the log's default, FULL)."""
     url = f"sqlite:///{folder / 'port.db'}"
     store = open_event_store(url)
     raw = RawSQLite(str(folder / "raw.db"))
     try:
-        await run_timed(measure("SQLite (WAL, synchronous=NORMAL)", store, raw, url, args))
+        await run_timed(measure("SQLite (WAL, synchronous=FULL)", store, raw, url, args))
     finally:
         raw.close()
         await store.close()
+
+
+async def bench_durability(args: argparse.Namespace, folder: Path) -> None:
+    """The cost of FULL: the same appends on two SQLite files, NORMAL and FULL, interleaved, best of N."""
+    levels: tuple[Synchronous, ...] = ("NORMAL", "FULL")
+    stores = {
+        level: SQLiteEventStore(str(folder / f"sync-{level}.db"), synchronous=level) for level in levels
+    }
+    try:
+        print(
+            "\nSQLite durability: the port's appends at synchronous=NORMAL and FULL (events/s, best of rounds)"
+        )
+        print(f"  {'':<28}{'NORMAL':>10}{'FULL':>10}{'FULL/NORMAL':>13}")
+        for batch in args.batches:
+            total = events_for(batch, args.scale)
+            best = dict.fromkeys(levels, 0.0)
+            for round_ in range(args.repeat):
+                for level, store in stores.items():
+                    rate = await time_port(store, batch, total, f"d{batch}r{round_}")
+                    best[level] = max(best[level], rate)
+            print_durability(f"append, batch {batch}", best["NORMAL"], best["FULL"])
+        grouped = dict.fromkeys(levels, 0.0)
+        rounds = max(1, int(50 * args.scale))
+        for round_ in range(args.repeat):
+            for level, store in stores.items():
+                rate, _ = await time_group(store, args.callers, rounds, f"dg{round_}")
+                grouped[level] = max(grouped[level], rate)
+        print_durability(f"group commit, {args.callers} callers", grouped["NORMAL"], grouped["FULL"])
+        for level, store in stores.items():
+            same = await latency_in_process(store, args.samples)
+            url = f"sqlite:///{folder / f'sync-{level}.db'}"
+            other = await latency_cross_process(store, url, args.samples, level)
+            print(f"  latency at {level:<6} same process:  {percentiles(same)}")
+            print(f"  latency at {level:<6} other process: {percentiles(other)}")
+    finally:
+        for store in stores.values():
+            await store.close()
+
+
+def print_durability(label: str, normal: float, full: float) -> None:
+    """One row of the durability table."""
+    print(f"  {label:<28}{normal:>10.0f}{full:>10.0f}{full / normal:>13.2f}")
 
 
 async def bench_postgres(args: argparse.Namespace) -> None:
@@ -247,7 +297,10 @@ def parse_args() -> argparse.Namespace:
         "--callers", type=int, default=100, help="concurrent callers for the group-commit figures"
     )
     parser.add_argument(
-        "--only", choices=("all", "group"), default="all", help="run every figure or only group"
+        "--only",
+        choices=("all", "group", "durability"),
+        default="all",
+        help="every figure, only the group-commit ones, or only SQLite NORMAL vs FULL",
     )
     parser.add_argument(
         "--postgres",
@@ -262,6 +315,10 @@ async def main() -> None:
     args = parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, payload {len(PAYLOAD)} bytes/event")
     with tempfile.TemporaryDirectory(prefix="cdp-bench-") as folder:
+        if args.only in ("all", "durability"):
+            await bench_durability(args, Path(folder))
+        if args.only == "durability":
+            return
         await bench_sqlite(args, Path(folder))
     if args.postgres != "skip":
         await bench_postgres(args)

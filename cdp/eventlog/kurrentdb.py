@@ -30,8 +30,10 @@ from kurrentdbclient import AsyncKurrentDBClient, StreamState
 from kurrentdbclient import NewEvent as KurrentNewEvent
 from kurrentdbclient import RecordedEvent as KurrentRecordedEvent
 from kurrentdbclient.exceptions import (
+    AbortedByServerError,
     DeadlineExceededError,
     GrpcError,
+    NodeIsNotLeaderError,
     NotFoundError,
     ServiceUnavailableError,
     StreamIsDeletedError,
@@ -61,6 +63,9 @@ _STATES = {
     ExpectedVersion.NO_STREAM: StreamState.NO_STREAM,
     ExpectedVersion.STREAM_EXISTS: StreamState.EXISTS,
 }
+
+_DROPPED = (ServiceUnavailableError, DeadlineExceededError, AbortedByServerError, NodeIsNotLeaderError)
+"""Errors that end a subscription for reasons a later resubscription overcomes (projections retry these)."""
 
 _RETRY_SCAN = 10_000
 """How far back a stream is searched for a batch's ids when the server reports a wrong version."""
@@ -254,19 +259,22 @@ class KurrentDBEventStore(EventStore):
         return self._follow(after, filter)
 
     async def _follow(self, after: int, event_filter: EventFilter) -> AsyncIterator[RecordedEvent]:
-        """The subscription generator."""
+        """The subscription generator; a dropped subscription raises EventStoreUnavailable (resubscribe)."""
         client = await self._ready()
         visibility = _Visibility(client, self._visibility_ttl)
         commit = None if after == START else after
-        async with await client.subscribe_to_all(
-            commit_position=commit, **_filter_args(event_filter)
-        ) as events:
-            async for raw in events:
-                event = _from_kurrent(raw)
-                if raw.is_system_event or event.global_position <= after:
-                    continue
-                if await self._passes(event, event_filter, visibility):
-                    yield event
+        try:
+            async with await client.subscribe_to_all(
+                commit_position=commit, **_filter_args(event_filter)
+            ) as events:
+                async for raw in events:
+                    event = _from_kurrent(raw)
+                    if raw.is_system_event or event.global_position <= after:
+                        continue
+                    if await self._passes(event, event_filter, visibility):
+                        yield event
+        except _DROPPED as error:  # a restart, a leader change, a slow consumer: the caller retries
+            raise EventStoreUnavailable(f"kurrentdb subscription dropped: {error}") from error
 
     async def delete_stream(self, stream: str) -> None:
         """Soft-delete: reads stop returning the events; a later append restarts after the old revision."""

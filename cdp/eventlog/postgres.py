@@ -4,7 +4,8 @@ Gap-freedom: every append (and every deletion) takes one transaction-scoped advi
 global positions from the sequence. PostgreSQL makes a commit visible before it releases that transaction's
 locks, so the next appender's positions are drawn only after the previous ones are visible: any snapshot
 that shows position P shows every committed position below P, and a reader tailing the log never passes
-over a position that commits later. Live subscriptions wake on LISTEN/NOTIFY, with a slow poll as backstop.
+over a position that commits later. Live subscriptions wake on LISTEN/NOTIFY; an idle one re-reads only
+every few seconds, a backstop for a listener connection that died unnoticed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+<<<<<<< HEAD
 from psycopg.conninfo import conninfo_to_dict
+=======
+import structlog
+from psycopg.conninfo import make_conninfo
+>>>>>>> h/wakeup
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -54,6 +60,19 @@ from cdp.eventlog.port import (
     stream_category,
 )
 from cdp.sqlengine import POOL_TIMEOUT, postgres_timeouts
+
+log = structlog.get_logger(__name__)
+
+BACKSTOP_SECONDS = 5.0
+"""An idle subscriber re-reads this often anyway: NOTIFY wakes it, this covers a listener that is down."""
+
+_LISTENER_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""TCP keepalives (kernel timers, no wake-ups here) end a listener whose server vanished within ~60 s."""
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -222,6 +241,9 @@ async def _check_if_closed(conn: psycopg.AsyncConnection[Any]) -> None:
 
 class PostgresEventStore(EventStore):
     """The event log in one PostgreSQL schema (tables `events` and `streams`)."""
+
+    backstop: float = BACKSTOP_SECONDS
+    """Seconds an idle subscription waits for a NOTIFY before it re-reads anyway."""
 
     def __init__(self, conninfo: str, *, schema: str = "eventlog", max_connections: int = 8) -> None:
         if not _SCHEMA_NAME.match(schema):
@@ -474,24 +496,42 @@ class PostgresEventStore(EventStore):
         return self._follow(after, filter)
 
     async def _follow(self, after: int, event_filter: EventFilter) -> AsyncIterator[RecordedEvent]:
-        """The subscription generator; starts the shared listener on first use."""
+        """The subscription generator; starts the shared listener on first use.
+
+        No wake-up is lost: `follow` arms the signal before each read, NOTIFY is delivered only after the
+        appending transaction committed, and the listener notifies once more whenever it (re)starts
+        listening, for what was appended while it was not.
+        """
         await self._ready()
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
-        async for event in follow(self._page, self._signal, after, event_filter, idle_poll=0.5):
+        self._start_listener()
+        async for event in follow(self._page, self._signal, after, event_filter, idle_poll=self.backstop):
             yield event
 
+    def _start_listener(self) -> None:
+        """One listener per store and event loop, shared by every subscription."""
+        loop = asyncio.get_running_loop()
+        if self._listener is None or self._listener.done() or self._listener.get_loop() is not loop:
+            self._listener = loop.create_task(self._listen())
+
     async def _listen(self) -> None:
-        """Relay NOTIFY from appenders of every process to subscribers; reconnect after faults."""
+        """Relay NOTIFY from appenders of every process to subscribers; reconnect after faults, backing off."""
+        failures = 0
         while not self._closed:
             try:
-                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                conninfo = make_conninfo(self._conninfo, **_LISTENER_KEEPALIVES)
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f'LISTEN "{self._channel}"'.encode())
+                    failures = 0
                     self._signal.notify()  # anything appended while not listening is read now
                     async for _ in conn.notifies():
                         self._signal.notify()
-            except psycopg.OperationalError:
-                await asyncio.sleep(0.5)
+            except (psycopg.Error, OSError) as error:
+                failures += 1
+                delay = min(BACKSTOP_SECONDS, 0.1 * 2**failures)
+                log.warning(
+                    "eventlog_listener_lost", error=f"{type(error).__name__}: {error}", retry_in=delay
+                )
+                await asyncio.sleep(delay)
 
     async def delete_stream(self, stream: str) -> None:
         """Delete every event of the stream; a later append restarts it after its old last position."""

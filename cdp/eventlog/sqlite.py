@@ -1,9 +1,14 @@
 """The embedded event store: one SQLite file in WAL mode, shared safely by several OS processes.
 
-sqlite3 calls run on worker threads (one writer connection, reader connections, a poller), never on the
-event loop. Appends run in `BEGIN IMMEDIATE` transactions, so writers of every process are serialised by
-SQLite's write lock: idempotency and expected versions hold across processes, and a global position becomes
-visible only after every smaller one has committed, so a tailing reader never skips an event.
+sqlite3 calls run on worker threads (one writer connection, reader connections), never on the event loop.
+Appends run in `BEGIN IMMEDIATE` transactions, so writers of every process are serialised by SQLite's write
+lock: idempotency and expected versions hold across processes, and a global position becomes visible only
+after every smaller one has committed, so a tailing reader never skips an event.
+
+Subscribers in other processes learn of a commit from a notification file beside the database
+(`events.db-notify`): the writer touches it after every COMMIT, and subscribers watch it with inotify
+(`cdp/eventlog/filewatch.py`) instead of polling. Where inotify is unavailable a poller reads
+`PRAGMA data_version` every few milliseconds instead.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+import structlog
 
 from cdp.eventlog.common import (
     ChangeSignal,
@@ -31,6 +38,7 @@ from cdp.eventlog.common import (
     plan_append_many,
     replayed_result,
 )
+from cdp.eventlog.filewatch import FileWatch, touch
 from cdp.eventlog.port import (
     ALL,
     END,
@@ -53,6 +61,14 @@ from cdp.eventlog.port import (
 from cdp.sqlengine import enable_wal
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
+
+Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
+"""SQLite's `synchronous` levels that are safe in WAL mode (OFF may corrupt the file on a power cut)."""
+
+Wakeup = Literal["auto", "inotify", "poll"]
+"""How subscribers learn of other processes' commits: inotify where available, or polling data_version."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -119,14 +135,18 @@ def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
     )
 
 
-def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, schema ensured, folder created."""
+def connect(path: str, busy_timeout: float, synchronous: Synchronous = "FULL") -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, schema ensured, folder created.
+
+    FULL fsyncs the WAL at every commit, so an acknowledged append survives a power cut or an OS crash;
+    NORMAL syncs only at checkpoints, so those may lose the last commits (an application crash loses nothing
+    either way). See docs/eventlog.md for what each costs.
+    """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     enable_wal(conn, busy_timeout)
-    # NORMAL in WAL mode survives an application crash; only an OS crash may lose the last commits.
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.executescript(SCHEMA)
     return conn
 
@@ -397,21 +417,42 @@ def _data_version(conn: sqlite3.Connection) -> int:
 
 
 class SQLiteEventStore(EventStore):
-    """The event log in one SQLite file; every process opening the same file sees one log."""
+    """The event log in one SQLite file; every process opening the same file sees one log.
+
+    `synchronous`: FULL (default) makes every acknowledged write survive a power cut; NORMAL is faster for
+    single-event commits but a power cut may lose the last ones. `backstop`: seconds an idle subscriber
+    waits before re-reading anyway, in case a wake-up was lost. `wakeup`: how other processes' commits are
+    noticed (`auto`: inotify where available, else polling `PRAGMA data_version` every `poll_interval`).
+    """
 
     def __init__(
-        self, path: str, *, readers: int = 1, poll_interval: float = 0.005, busy_timeout: float = 30.0
+        self,
+        path: str,
+        *,
+        readers: int = 1,
+        busy_timeout: float = 30.0,
+        synchronous: Synchronous = "FULL",
+        backstop: float = 1.0,
+        wakeup: Wakeup = "auto",
+        poll_interval: float = 0.005,
     ) -> None:
+        if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
         self._path = path
+        self._notify_path = f"{path}-notify"
         self._busy_timeout = busy_timeout
+        self._synchronous: Synchronous = synchronous
+        self._backstop = backstop
+        self._wakeup = wakeup
         self._poll_interval = poll_interval
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._writer = self._executor(1, "eventlog-sqlite-writer")
         self._readers = self._executor(readers, "eventlog-sqlite-reader")
-        self._poll_thread = self._executor(1, "eventlog-sqlite-poller")
+        self._poll_thread: ThreadPoolExecutor | None = None
         self._signal = ChangeSignal()
+        self._watch: FileWatch | None = None
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -423,7 +464,7 @@ class SQLiteEventStore(EventStore):
         """The current worker thread's connection, opened on its first use (a failure is retried next call)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self._path, self._busy_timeout)
+            conn = connect(self._path, self._busy_timeout, self._synchronous)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -442,24 +483,39 @@ class SQLiteEventStore(EventStore):
         """Called on the worker thread."""
         return work(self._thread_connection(), *args)
 
+    async def _write(self, work: Callable[..., T], *args: Any) -> T:
+        """Run a write on the writer thread; once it has committed, wake subscribers here and elsewhere."""
+        result: T = await self._run(self._writer, self._committed, work, *args)
+        self._signal.notify()
+        return result
+
+    def _committed(self, conn: sqlite3.Connection, work: Callable[..., T], *args: Any) -> T:
+        """On the writer thread: `work`, then touch the notification file, strictly after its COMMIT.
+
+        Touching only after COMMIT returned means a woken subscriber's next read sees the new events.
+        """
+        result = work(conn, *args)
+        try:
+            touch(self._notify_path)
+        except OSError as error:  # the write is committed: report success; watchers re-read at their backstop
+            log.warning("eventlog_notify_failed", path=self._notify_path, error=str(error))
+        return result
+
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected: Expected = ExpectedVersion.ANY
     ) -> AppendResult:
         """Append atomically; a retry of already-stored event ids returns the original result."""
         check_batch(stream, events)
-        result = await self._run(self._writer, _append, stream, events, expected)
-        self._signal.notify()
-        return result
+        return await self._write(_append, stream, events, expected)
 
     async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
         """Every part in one write transaction (one writer-thread hop); each part succeeds or fails alone."""
         check_parts(appends)
         if not appends:
             return []
-        results: list[AppendResult | EventStoreError] = await self._run(
-            self._writer, _in_write_transaction, _append_parts, appends
+        results: list[AppendResult | EventStoreError] = await self._write(
+            _in_write_transaction, _append_parts, appends
         )
-        self._signal.notify()
         return results
 
     async def read_stream(
@@ -491,20 +547,44 @@ class SQLiteEventStore(EventStore):
         return self._follow(after, filter)
 
     async def _follow(self, after: int, event_filter: EventFilter) -> AsyncIterator[RecordedEvent]:
-        """The subscription generator; starts the cross-process poller on first use."""
-        self._start_poller()
-        async for event in follow(self._page, self._signal, after, event_filter):
+        """The subscription generator; watches for other processes' commits before its first read.
+
+        No wake-up is lost: the watch exists before the first read, each read is preceded by arming the
+        signal (`follow`), and writers touch the file only after COMMIT. So a commit either precedes the
+        arming (the read sees it) or its touch comes after it (the armed wait ends). The backstop re-read
+        covers writers that do not touch the file (another SQLite client) and a watch that broke.
+        """
+        if self._closed:
+            raise EventStoreError("the event store is closed")
+        self._watch_other_processes()
+        async for event in follow(self._page, self._signal, after, event_filter, idle_poll=self._backstop):
             yield event
 
-    def _start_poller(self) -> None:
-        """Watch for commits by other processes while anyone subscribes."""
+    def _watch_other_processes(self) -> None:
+        """One watch per store and event loop, shared by all its subscribers: inotify, else the poller."""
         loop = asyncio.get_running_loop()
-        if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
+        if self._watch is not None and self._watch.loop is loop:
+            return
+        if self._poller is not None and not self._poller.done() and self._poller.get_loop() is loop:
+            return
+        if self._watch is not None:  # a previous event loop's watch
+            self._watch.close()
+            self._watch = None
+        if self._wakeup != "poll":
+            self._watch = FileWatch.start(self._notify_path, self._signal.notify)
+        if self._watch is None:
+            if self._wakeup == "inotify":
+                raise EventStoreError("inotify is not available here")
             self._poller = loop.create_task(self._poll())
 
     async def _poll(self) -> None:
         """Notify subscribers whenever `PRAGMA data_version` moves (any other connection committed)."""
+        if self._poll_thread is None:
+            self._poll_thread = self._executor(1, "eventlog-sqlite-poller")
         seen = await self._run(self._poll_thread, _data_version)
+        # A commit between a subscriber's first read and this baseline would never move the counter
+        # again: wake everyone once, now that every later commit will.
+        self._signal.notify()
         while not self._closed:
             await asyncio.sleep(self._poll_interval)
             current = await self._run(self._poll_thread, _data_version)
@@ -512,17 +592,24 @@ class SQLiteEventStore(EventStore):
                 seen = current
                 self._signal.notify()
 
+    @property
+    def wakeup(self) -> str:
+        """How this store currently hears of other processes' commits: `inotify`, `poll` or `none` yet."""
+        if self._watch is not None:
+            return "inotify"
+        return "poll" if self._poller is not None and not self._poller.done() else "none"
+
     async def delete_stream(self, stream: str) -> None:
         """Delete every event of the stream; a later append restarts it after its old last position."""
-        await self._run(self._writer, _in_write_transaction, _delete_stream, stream)
+        await self._write(_in_write_transaction, _delete_stream, stream)
 
     async def truncate_stream(self, stream: str, before: int) -> None:
         """Delete the events of the stream whose stream position is below `before`."""
-        await self._run(self._writer, _truncate_stream, stream, before)
+        await self._write(_truncate_stream, stream, before)
 
     async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
         """Set the retention enforced on reads, and prune what it already hides."""
-        await self._run(self._writer, _in_write_transaction, _set_metadata, stream, metadata)
+        await self._write(_in_write_transaction, _set_metadata, stream, metadata)
 
     async def get_stream_metadata(self, stream: str) -> StreamMetadata:
         """The retention set on the stream (unlimited when none)."""
@@ -533,16 +620,19 @@ class SQLiteEventStore(EventStore):
         return await self._run(self._readers, _head)
 
     async def close(self) -> None:
-        """Stop the poller, wake subscribers, let workers finish, close every connection."""
+        """Stop watching, wake subscribers, let workers finish, close every connection."""
         if self._closed:
             return
         self._closed = True
+        if self._watch is not None:
+            self._watch.close()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
         self._signal.notify()
         for executor in (self._writer, self._readers, self._poll_thread):
-            await asyncio.to_thread(executor.shutdown, wait=True)
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown, wait=True)
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
