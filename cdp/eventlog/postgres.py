@@ -20,12 +20,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-<<<<<<< HEAD
-from psycopg.conninfo import conninfo_to_dict
-=======
 import structlog
-from psycopg.conninfo import make_conninfo
->>>>>>> h/wakeup
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
