@@ -281,9 +281,14 @@ async def follow(
     event_filter: EventFilter,
     *,
     page_size: int = 1000,
-    idle_poll: float = 1.0,
+    backstop: float = 1.0,
 ) -> AsyncIterator[RecordedEvent]:
-    """Catch up page by page, then wait for a change signal (or `idle_poll` seconds) and read again."""
+    """Catch up page by page, then wait for a change signal (or `backstop` seconds) and read again.
+
+    The signal is armed before each read, so a notify() sent after a commit became visible either precedes
+    the arming (the read sees the commit) or ends the wait. The backstop only covers a notification that
+    never came (a writer that does not notify, a broken watch or listener).
+    """
     position = after
     while True:
         armed = signal.arm()
@@ -292,7 +297,7 @@ async def follow(
             yield event
         position = max(position, examined)
         if len(events) < page_size:
-            await _wait(armed, idle_poll)
+            await _wait(armed, backstop)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

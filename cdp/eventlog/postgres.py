@@ -500,7 +500,7 @@ class PostgresEventStore(EventStore):
         """
         await self._ready()
         self._start_listener()
-        async for event in follow(self._page, self._signal, after, event_filter, idle_poll=self.backstop):
+        async for event in follow(self._page, self._signal, after, event_filter, backstop=self.backstop):
             yield event
 
     def _start_listener(self) -> None:

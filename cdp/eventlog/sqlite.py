@@ -557,7 +557,7 @@ class SQLiteEventStore(EventStore):
         if self._closed:
             raise EventStoreError("the event store is closed")
         self._watch_other_processes()
-        async for event in follow(self._page, self._signal, after, event_filter, idle_poll=self._backstop):
+        async for event in follow(self._page, self._signal, after, event_filter, backstop=self._backstop):
             yield event
 
     def _watch_other_processes(self) -> None:
