@@ -69,6 +69,8 @@ bench: setup
 	$(PY) -m bench.ingest
 	$(PY) -m bench.ingest.csv_onboarding
 	$(PY) -m bench.identity
+	$(PY) -m bench.runtime
+	$(PY) -m bench.idle
 
 clean: down
 	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance cdp/ops
