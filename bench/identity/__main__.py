@@ -37,7 +37,7 @@ from cdp.common.v1 import identity_pb2
 from cdp.eventlog import EventStore, NewEvent
 from cdp.events import EventMetadata
 from cdp.events.ingest import MessageCollected, seal_payload
-from cdp.events.streams import subject_stream
+from cdp.events.streams import attribution_stream, subject_stream
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.identity.v1 import identity_service_pb2_grpc
 from cdp.keyring import Keyring, SubjectIds
@@ -208,9 +208,11 @@ async def main(args: argparse.Namespace) -> None:
         )
         resolver = Resolver(store, keyring, ids, engine, batch_size=args.batch)
         seconds, cpu, worker = await resolve_all(resolver, args.profile)
-        decisions = await store.head_position() + 1 - messages
+        attributed = len(await store.read_stream(attribution_stream()))
+        decisions = await store.head_position() + 1 - messages - attributed
         print(
-            f"resolver: {messages:,} messages, {decisions:,} decisions appended, in {seconds:.1f} s wall = "
+            f"resolver: {messages:,} messages, {decisions:,} decisions and {attributed} profile-stream batches "
+            f"appended, in {seconds:.1f} s wall = "
             f"{messages / seconds:,.0f} messages/s; {cpu:.1f} s CPU ({worker:.1f} s of it in the worker "
             f"process) = {messages / cpu:,.0f} messages per CPU second"
         )
