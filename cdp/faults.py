@@ -70,3 +70,22 @@ def _classify_postgres(error: psycopg.Error) -> errors.DomainError | None:
 def is_transient(error: BaseException) -> bool:
     """Whether retrying the same work later may succeed: a dependency down, busy or slow, or a lost race."""
     return isinstance(classify_fault(error), errors.Unavailable | errors.DeadlineExceeded | errors.Conflict)
+
+
+def failure_fields(error: BaseException) -> dict[str, str]:
+    """What a log line says about an infrastructure failure: its class and first line, never SQL parameters."""
+    cause = error.orig if isinstance(error, sql_exc.DBAPIError) and error.orig is not None else error
+    text = str(cause).strip().splitlines()
+    return {"error_class": _qualified(type(cause)), "cause": text[0][:300] if text else ""}
+
+
+def _qualified(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def describe(error: BaseException) -> str:
+    """`Class: first line` of the failure's cause, for logs and records kept for good (`EventParked`): a
+    SQLAlchemy error's SQL and parameters, which may hold personal values, are left out."""
+    fields = failure_fields(error)
+    return f"{fields['error_class']}: {fields['cause']}" if fields["cause"] else fields["error_class"]

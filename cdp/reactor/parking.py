@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from cdp.eventlog.port import EventStore, NewEvent, RecordedEvent, StreamDeleted
 from cdp.events import EventMetadata
 from cdp.events.platform import EventParked
+from cdp.faults import failure_fields
 from cdp.reactor.policy import derived_id
 
 ERROR_LENGTH = 500
@@ -21,7 +22,7 @@ def parked_event(reactor: str, event: RecordedEvent, error: BaseException, attem
         event_type=event.type,
         stream=event.stream,
         error_type=type(error).__name__,
-        error=str(error)[:ERROR_LENGTH],
+        error=failure_fields(error)["cause"][:ERROR_LENGTH],
         attempts=attempts,
         parked_at=datetime.now(UTC),
     )

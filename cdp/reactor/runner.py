@@ -33,7 +33,7 @@ from cdp.eventlog.port import (
     StreamAppend,
 )
 from cdp.events.streams import parked_stream
-from cdp.faults import is_transient
+from cdp.faults import describe, is_transient
 from cdp.reactor import feed
 from cdp.reactor.checkpoint import (
     CheckpointConflict,
@@ -411,7 +411,7 @@ class Reactor:
             event_id=str(event.id),
             position=event.global_position,
             event_type=event.type,
-            error=f"{type(error).__name__}: {error}",
+            error=describe(error),
         )
 
     def _move_only(self, position: int) -> None:
@@ -487,7 +487,7 @@ class Reactor:
 
     def _note_error(self, error: BaseException) -> None:
         self._retries += 1
-        self._last_error = f"{type(error).__name__}: {error}"
+        self._last_error = describe(error)
 
     async def _pause(self, attempt: int) -> bool:
         """Back off before retry number `attempt`; False when `stop()` was called meanwhile."""
@@ -506,5 +506,5 @@ class Reactor:
             self._state = State.STOPPED
             return
         self._state = State.FAILED
-        self._last_error = f"{type(error).__name__}: {error}"
+        self._last_error = describe(error)
         log.error("reactor_failed", reactor=self.name, error=self._last_error)

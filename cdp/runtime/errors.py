@@ -8,7 +8,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from sqlalchemy import exc as sql_exc
 
 from cdp import errors
 from cdp.faults import TIMED_OUT, classify_fault
@@ -52,18 +51,6 @@ def is_outage(error: errors.DomainError) -> bool:
 def retry_after_of(error: errors.DomainError) -> float | None:
     """Seconds the caller is told to wait before retrying, if the error says."""
     return error.retry_after if isinstance(error, errors.Unavailable | errors.ResourceExhausted) else None
-
-
-def failure_fields(error: BaseException) -> dict[str, str]:
-    """What a log line says about an infrastructure failure: its class and first line, never SQL parameters."""
-    cause = error.orig if isinstance(error, sql_exc.DBAPIError) and error.orig is not None else error
-    text = str(cause).strip().splitlines()
-    return {"error_class": _qualified(type(cause)), "cause": text[0][:300] if text else ""}
-
-
-def _qualified(kind: type[BaseException]) -> str:
-    module = kind.__module__
-    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def status_code_of(error: errors.DomainError) -> grpc.StatusCode:

@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 import structlog
 
+from cdp.faults import failure_fields
 from cdp.runtime.auth import Access, Authenticator, current_principal
-from cdp.runtime.errors import classify, failure_fields, is_outage, status_code_of, to_grpc_status
+from cdp.runtime.errors import classify, is_outage, status_code_of, to_grpc_status
 from cdp.runtime.validation import validate_request
 
 log = structlog.get_logger("cdp.rpc")

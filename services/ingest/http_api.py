@@ -20,8 +20,9 @@ import structlog
 from aiohttp import web
 
 from cdp import errors
+from cdp.faults import failure_fields
 from cdp.runtime.auth import Access, Authenticator, Principal, credential_from_metadata
-from cdp.runtime.errors import classify, failure_fields, is_outage, retry_after_of
+from cdp.runtime.errors import classify, is_outage, retry_after_of
 from services.ingest.application import Collector
 from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_MESSAGE_BYTES
 from services.ingest.domain.outcomes import Outcome, Reason, Status

@@ -190,7 +190,10 @@ class ReactorContract(abc.ABC):
         await reactor.catch_up()
         assert len(rows(engine)) == 8 and len(await issued(store)) == 8
         status = await reactor.status()
-        assert status.parked == 0 and status.last_error == "EventStoreUnavailable: connection refused"
+        assert (
+            status.parked == 0
+            and status.last_error == "cdp.eventlog.port.EventStoreUnavailable: connection refused"
+        )
 
     async def test_when_every_event_fails_the_reactor_halts_instead_of_parking_everything(
         self, store: EventStore, engine: Engine

@@ -208,7 +208,7 @@ async def test_transient_store_faults_are_retried(engine: Engine) -> None:
     flaky = runner(store, engine)
     assert await flaky.catch_up() == 9
     status = await flaky.status()
-    assert status.last_error == "EventStoreUnavailable: connection reset"
+    assert status.last_error == "cdp.eventlog.port.EventStoreUnavailable: connection reset"
     assert sum(read_counts(engine).values()) == 10
 
 
@@ -291,3 +291,22 @@ async def test_waiting_for_a_position_past_events_the_filter_skips_needs_no_new_
     assert sum(read_counts(engine).values()) == 5
     filtered.stop()
     await task
+
+
+async def test_an_error_is_recorded_without_the_sql_and_its_parameters(
+    store: InMemoryEventStore, engine: Engine
+) -> None:
+    """Parked events stay in the log for good: a database error's statement and values must not go there."""
+
+    class Leaky(EventTypeCounts):
+        def apply(self, session: Session, events: Any) -> None:
+            raise exc.IntegrityError(
+                "INSERT INTO t VALUES (?)", ("jane@example.com",), Exception("UNIQUE failed")
+            )
+
+    await store.append("page-1", events(1))
+    reactor = runner(store, engine, Leaky())
+    await reactor.catch_up()
+    [parked] = await store.read_stream("parked-event_type_counts")
+    assert b"jane@example.com" not in parked.data and b"UNIQUE failed" in parked.data
+    assert "jane@example.com" not in str((await reactor.status()).last_error)
