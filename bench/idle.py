@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdp.runtime.cluster import Cluster, check_health
+from cdp.runtime.ports import free_ports
 from cdp.runtime.settings import SERVICES, Settings
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,17 +52,6 @@ class Sample:
 
     cpu: float
     wakeups: int
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (bound together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def cluster_environ(data_dir: Path, event_store: str | None) -> dict[str, str]:
@@ -196,7 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the idle window")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after SERVING before sampling")
-    parser.add_argument("--target", type=float, default=1.0, help="% of a core a service should stay under")
+    parser.add_argument("--target", type=float, default=1.0, help="%% of a core a service should stay under")
     parser.add_argument(
         "--event-store", default=None, help="CDP_EVENT_STORE (default: SQLite in the temp dir)"
     )

@@ -136,3 +136,14 @@ def _address(hex_address: str) -> str:
     family = socket.AF_INET6 if len(packed) == 16 else socket.AF_INET
     text = socket.inet_ntop(family, packed).removeprefix("::ffff:")  # a v4-mapped peer reads as v4
     return f"[{text}]:{int(port, 16)}" if ":" in text else f"{text}:{int(port, 16)}"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports nobody listens on right now (bound together, so they differ): for clusters in tests and benches."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind((host, 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports

@@ -1,7 +1,6 @@
 """The local cluster, brought up by the real `cdp up` on free ports in a temporary data directory."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,19 +10,10 @@ from typing import TypeVar
 
 import pytest
 
+from cdp.runtime.ports import free_ports
 from cdp.runtime.settings import SERVICES
 
 T = TypeVar("T")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 @pytest.fixture

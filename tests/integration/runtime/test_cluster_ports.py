@@ -18,13 +18,13 @@ from cdp.runtime.logtail import last_lines
 from cdp.runtime.ports import (
     TIME_WAIT,
     bind_error,
+    free_ports,
     listening_inodes,
     listens_elsewhere,
     pids_holding,
     sockets_on,
 )
 from cdp.runtime.settings import SERVICES, Settings
-from tests.e2e.conftest import free_ports
 
 LISTENER = """
 import socket, sys
