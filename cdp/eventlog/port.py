@@ -229,3 +229,13 @@ def check_parts(appends: Sequence[StreamAppend]) -> None:
             raise ValueError("stream name must not be empty")
         if not part.events:
             raise ValueError(f"stream {part.stream!r}: an append needs at least one event")
+
+
+async def append_all(store: EventStore, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+    """`append_many` for callers whose parts must all succeed (deterministic ids make a retry idempotent, so a
+    failing part is a bug, not a race): the first part's error is raised."""
+    results = await store.append_many(appends)
+    failed = next((r for r in results if isinstance(r, EventStoreError)), None)
+    if failed is not None:
+        raise failed
+    return [r for r in results if isinstance(r, AppendResult)]

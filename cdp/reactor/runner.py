@@ -26,12 +26,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from cdp.eventlog.port import (
-    EventStore,
-    EventStoreError,
-    RecordedEvent,
-    StreamAppend,
-)
+from cdp.eventlog.port import EventStore, EventStoreError, RecordedEvent, append_all
 from cdp.events.streams import parked_stream
 from cdp.faults import describe, is_transient
 from cdp.reactor import feed
@@ -180,12 +175,17 @@ class Reactor:
                     if max(self._position, self._scanned) >= position:
                         return
                     seen = self._position
-                pending = await self._store.read_all(seen, limit=1, filter=self._policy.filter)
-                if not pending or pending[0].global_position > position:
+                pending = await self._next_followed(seen)
+                if pending is None or pending > position:
                     await self._mark_scanned(position)
                     return
                 async with self._advanced:
                     await self._advanced.wait_for(functools.partial(self._moved_from, seen))
+
+    async def _next_followed(self, after: int) -> int | None:
+        """The position of the first event after `after` that the policy follows, if the log holds one."""
+        found = await self._store.read_all(after, limit=1, filter=self._policy.filter)
+        return found[0].global_position if found else None
 
     def _moved_from(self, position: int) -> bool:
         return self._position != position
@@ -209,10 +209,11 @@ class Reactor:
         """Position, head, lag (net of events the filter skips), recent events/s, retries and parked events."""
         with contextlib.suppress(EventStoreError):  # a log outage must not break the health endpoint
             self._head = max(self._head, await self._store.head_position())
-            if self._head > max(self._position, self._scanned):
-                pending = await self._store.read_all(self._position, limit=1, filter=self._policy.filter)
-                if not pending:
-                    self._scanned = max(self._scanned, self._head)
+            if (
+                self._head > max(self._position, self._scanned)
+                and await self._next_followed(self._position) is None
+            ):
+                self._scanned = max(self._scanned, self._head)
         return ReactorStatus(
             name=self.name,
             state=self._state.value,
@@ -381,21 +382,15 @@ class Reactor:
         with Session(self._engine) as session, session.begin():
             appends = list(self._policy.decide(session, events, prepared))
             if appends:
-                asyncio.run_coroutine_threadsafe(self._append(appends), loop).result()
+                asyncio.run_coroutine_threadsafe(append_all(self._store, appends), loop).result()
             move_checkpoint(session, self.name, self._position, events[-1].global_position)
-
-    async def _append(self, appends: Sequence[StreamAppend]) -> None:
-        results = await self._store.append_many(appends)
-        failed = next((r for r in results if isinstance(r, EventStoreError)), None)
-        if failed is not None:
-            raise failed  # deterministic ids make a re-run idempotent: a conflict here is not a race
 
     async def _park(self, event: RecordedEvent, error: Exception) -> None:
         """Record that the event is given up on, and move past it (unless too many were, in a row)."""
         self._parked_in_a_row += 1
         if self._parked_in_a_row > self._retry.park_limit:
             raise ReactorHalted(
-                f"{self._retry.park_limit} events in a row failed; the last: {type(error).__name__}: {error}"
+                f"{self._retry.park_limit} events in a row failed; the last: {describe(error)}"
             )
         new = parked_event(self.name, event, error, self._retry.park_after)
         async with self._lock:

@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session
 
 from cdp.eventlog.port import (
     EventStore,
-    EventStoreError,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
     StreamAppend,
+    append_all,
 )
 from cdp.events import DomainEvent, EventMetadata, from_recorded
 from cdp.events.governance import SubjectErased
@@ -277,12 +277,8 @@ class Resolution(Policy):
 
     async def append(self, runs: list[tuple[str, list[NewEvent]]]) -> None:
         """Decisions in one group commit, in decision order (an operator's split and what follows it)."""
-        if not runs:
-            return
-        results = await self.store.append_many([StreamAppend(stream, events) for stream, events in runs])
-        failed = next((r for r in results if isinstance(r, EventStoreError)), None)
-        if failed is not None:
-            raise failed  # deterministic ids make a retry idempotent: a conflict here is a bug, not a race
+        if runs:
+            await append_all(self.store, [StreamAppend(stream, events) for stream, events in runs])
 
     def save(self, state: State) -> None:
         """Write what changed in `state` (the checkpoint does not move)."""
