@@ -135,9 +135,8 @@ class Resolution(Policy):
             self._stop_opener()
         opener, state, generation = self._opener, self.state, self.generation
         if opener is not None and state is not None:
-            rules = (
-                state.rules
-            )  # the generation and rules are taken before the keys, so a later erasure shows
+            # The generation and rules are taken before the keys, so a later erasure shows.
+            rules = state.rules
             keys = await self.keyring.prefetch(message_subjects(events))
             try:
                 return Prepared(
@@ -158,10 +157,10 @@ class Resolution(Policy):
         decoded = (
             prepared.decoded if prepared.decoded is not None else _decode(events, self._opened(prepared))
         )
-        runs, observed = self._decide(state, decoded)
+        observer = self.observer(state)
+        runs, observed = self._decide(state, observer, decoded)
         # Histories are recorded after deciding, once the batch's missing ones are read in one go.
         load_histories(session, state, [o.attribution for o in observed if o.attribution])
-        observer = self.observer(state)
         for obs in observed:
             observer.record(obs)
         save_state(session, state)
@@ -172,10 +171,9 @@ class Resolution(Policy):
     # -- deciding ---------------------------------------------------------------------------------------------
 
     def _decide(
-        self, state: State, decoded: Sequence[tuple[RecordedEvent, DomainEvent | Opened]]
+        self, state: State, observer: Observer, decoded: Sequence[tuple[RecordedEvent, DomainEvent | Opened]]
     ) -> tuple[list[tuple[str, list[NewEvent]]], list[Observation]]:
         """Observe and decide each event; decisions grouped in runs of one stream, and what was observed."""
-        observer = self.observer(state)
         runs: list[tuple[str, list[NewEvent]]] = []
         observed: list[Observation] = []
         generation = self.generation
