@@ -7,10 +7,10 @@ PY     := $(VENV)/bin/python
 STAMPS := .stamps
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: setup protos up down status logs demo test lint format bench clean help
+.PHONY: setup protos up down status logs demo test fuzz lint format bench clean help
 
 help:
-	@echo "make up | down | status | logs | demo | test | lint | bench | protos | clean"
+	@echo "make up | down | status | logs | demo | test | fuzz | lint | bench | protos | clean"
 
 setup: $(STAMPS)/deps $(STAMPS)/protos
 
@@ -51,6 +51,11 @@ logs:
 
 test: setup node_modules/.package-lock.json
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The fuzz tests with many more cases than `make test` tries (FUZZ_EXAMPLES per test); the counts are printed.
+FUZZ_EXAMPLES ?= 1500
+fuzz: setup node_modules/.package-lock.json
+	CDP_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -m fuzz --timeout=3600
 
 lint: setup node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
