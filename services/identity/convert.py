@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from cdp import payload
 from cdp.common.v1 import audit_pb2, identity_pb2
 from cdp.errors import FieldViolation, InvalidInput
 from cdp.identity.v1 import identity_service_pb2 as pb
@@ -18,6 +21,8 @@ from services.identity.application import IdentifierRef, ProfileRef, RulesInForc
 from services.identity.domain.identifiers import EXTERNAL_PREFIX
 from services.identity.domain.rules import Rules, TypeRule
 from services.identity.queries import ProfileRecord
+
+log = structlog.get_logger("cdp.identity.convert")
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
@@ -57,7 +62,8 @@ EXPLANATIONS = {
     "shared_message": "a message carried these identifiers together",
     "alias": "an alias message declared previousId and userId the same person",
 }
-PROFILE_FIELDS = {f.name for f in pb.Profile.DESCRIPTOR.fields}
+# The fields a read mask may choose; `repaired_fields` follows what was chosen.
+PROFILE_FIELDS = {f.name for f in pb.Profile.DESCRIPTOR.fields} - {"repaired_fields"}
 
 
 def identifier_ref(message: identity_pb2.Identifier, path: str) -> IdentifierRef:
@@ -130,15 +136,19 @@ def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
-    """JSON-like values as a Struct."""
+def struct(values: Mapping[str, Any], path: str = "", repaired: list[str] | None = None) -> struct_pb2.Struct:
+    """JSON-like values as a Struct; what no Struct can hold is replaced and its path added to `repaired`."""
+    clean, found = payload.repaired(dict(values), path)
     message = struct_pb2.Struct()
-    json_format.ParseDict(dict(values), message)
+    json_format.ParseDict(clean, message)
+    if repaired is not None:
+        repaired.extend(found)
     return message
 
 
 def profile_message(record: ProfileRecord, mask: list[str]) -> pb.Profile:
-    """A Profile with only the masked fields (all when the mask is empty)."""
+    """A Profile with only the masked fields (all when the mask is empty), naming any value it had to repair."""
+    repaired: list[str] = []
     profile = pb.Profile(
         profile_id=record.profile_id,
         identifiers=[
@@ -149,15 +159,33 @@ def profile_message(record: ProfileRecord, mask: list[str]) -> pb.Profile:
             )
             for i in record.identifiers
         ],
-        traits=struct(record.traits),
+        traits=struct(record.traits, "traits", repaired),
         stats=_stats(record.stats),
         merged_profile_ids=record.merged_profile_ids,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
     )
-    for name in PROFILE_FIELDS - set(mask or PROFILE_FIELDS):
+    chosen = set(mask or PROFILE_FIELDS)
+    for name in PROFILE_FIELDS - chosen:
         profile.ClearField(name)
+    if repaired:
+        _log_repaired_once(record.profile_id, repaired)
+        profile.repaired_fields.extend(p for p in repaired if p.split(".", 1)[0].split("[", 1)[0] in chosen)
     return profile
+
+
+_REPAIRS_LOGGED: OrderedDict[str, None] = OrderedDict()
+_REPAIRS_REMEMBERED = 10_000
+
+
+def _log_repaired_once(profile_id: str, paths: list[str]) -> None:
+    """One warning per profile (a bounded memo), with its id and the paths, never the values."""
+    if profile_id in _REPAIRS_LOGGED:
+        return
+    _REPAIRS_LOGGED[profile_id] = None
+    if len(_REPAIRS_LOGGED) > _REPAIRS_REMEMBERED:
+        _REPAIRS_LOGGED.popitem(last=False)
+    log.warning("profile_values_repaired", profile_id=profile_id, fields=paths[:20], count=len(paths))
 
 
 def _stats(stats: Mapping[str, Any]) -> pb.ProfileStats:

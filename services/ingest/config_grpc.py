@@ -12,8 +12,9 @@ from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cdp import payload
 from cdp.common.v1 import audit_pb2, identity_pb2, message_pb2, paging_pb2
-from cdp.errors import InvalidInput
+from cdp.errors import FieldViolation, InvalidInput
 from cdp.ingest.v1 import ingest_service_pb2 as pb
 from cdp.runtime.auth import current_principal
 from services.ingest.config_readmodel import ConfigView, ViolationCount, ViolationFilter
@@ -146,15 +147,19 @@ def plan_from_proto(plan: pb.TrackingPlan) -> TrackingPlan:
     return TrackingPlan(
         plan_id=plan.plan_id,
         display_name=plan.display_name,
-        common_schema=_struct(plan.common_json_schema) if plan.HasField("common_json_schema") else None,
+        common_schema=_struct(plan.common_json_schema, "plan.common_json_schema")
+        if plan.HasField("common_json_schema")
+        else None,
         events=tuple(
             PlannedEvent(
                 _MESSAGE_TYPES.get(e.message_type, "track") if e.message_type else "track",
                 e.event,
-                _struct(e.json_schema) if e.HasField("json_schema") else {},
+                _struct(e.json_schema, f"plan.events[{index}].json_schema")
+                if e.HasField("json_schema")
+                else {},
                 e.description,
             )
-            for e in plan.events
+            for index, e in enumerate(plan.events)
         ),
         sources=tuple(
             Enforcement(
@@ -281,14 +286,23 @@ def count_to_proto(count: ViolationCount) -> pb.ViolationCount:
     )
 
 
-def _struct(value: Struct) -> dict[str, Any]:
-    document: dict[str, Any] = json_format.MessageToDict(value)
+def _struct(value: Struct, path: str) -> dict[str, Any]:
+    """A request's JSON, refused naming the field when it holds what cannot be stored (NaN, too deep…)."""
+    try:
+        document: dict[str, Any] = json_format.MessageToDict(value)
+    except (ValueError, json_format.SerializeToJsonError):  # NaN / Infinity in a number_value
+        raise InvalidInput.field(path, "holds NaN or Infinity, which JSON cannot represent") from None
+    violations = [FieldViolation(where, why) for where, why in payload.problems(document, path)]
+    if violations:
+        raise InvalidInput(violations)
     return document
 
 
 def _to_struct(document: Any) -> Struct:
+    """Stored JSON as a Struct; what cannot be represented is replaced (stored before the limits existed)."""
+    clean, _ = payload.repaired(dict(document))
     struct = Struct()
-    struct.update(dict(document))
+    struct.update(clean)
     return struct
 
 

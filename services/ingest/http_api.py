@@ -420,7 +420,8 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise bad_field("body", "is empty; send a JSON object")
     try:
-        document = json.loads(body, parse_constant=_no_constant)
+        # Strictly: json.loads would decode bytes with "surrogatepass", letting ED A0 80 through as a lone surrogate.
+        document = json.loads(body.decode("utf-8-sig"), parse_constant=_no_constant)
         if _SURROGATE_ESCAPE.search(body):
             json.dumps(document, ensure_ascii=False).encode()
     except RecursionError:

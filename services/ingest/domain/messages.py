@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from cdp import payload
 from cdp.errors import FieldViolation, InvalidInput
 from services.ingest.domain.outcomes import Reason
 
@@ -192,13 +193,24 @@ def parse_message(
 
     given_id = _text(raw, "messageId", MAX_MESSAGE_ID, bad)
     objects = {key: _object(raw, key, bad) for key in _OBJECT_FIELDS}
+    extra = {key: value for key, value in raw.items() if key not in _SPEC_FIELDS}
+    # Everything stored as free JSON meets the platform's limits, or later reads and conversions would fail on it.
+    for key, value in (*objects.items(), *extra.items()):
+        for where, why in payload.problems(value, key):
+            bad(where, why)
     times = {key: _time(raw, key, bad) for key in _TIME_FIELDS}
     if problems:
         raise fail()
 
     original = times["originalTimestamp"] or times["timestamp"]
     timestamp = settle_timestamp(original, times["sentAt"], received_at)
-    if timestamp < EARLIEST_TIMESTAMP:
+    if timestamp is None:
+        bad(
+            "sentAt",
+            "is too far from the timestamp to correct the clock skew",
+            Reason.TIMESTAMP_OUT_OF_RANGE,
+        )
+    elif timestamp < EARLIEST_TIMESTAMP:
         bad("timestamp", f"is before {EARLIEST_TIMESTAMP.date()}", Reason.TIMESTAMP_OUT_OF_RANGE)
     elif timestamp > received_at + MAX_FUTURE:
         bad("timestamp", "is more than a day in the future", Reason.TIMESTAMP_OUT_OF_RANGE)
@@ -207,7 +219,7 @@ def parse_message(
         bad("messageId", "is required", Reason.MISSING_FIELD)
     if problems:
         raise fail()
-    assert resolved_id is not None
+    assert resolved_id is not None and timestamp is not None
     return Message(
         type=kind,
         message_id=resolved_id,
@@ -227,17 +239,29 @@ def parse_message(
         context=objects["context"],
         integrations=objects["integrations"],
         # Other top-level fields SDKs add (version, channel, _metadata…) travel with the payload, uninterpreted.
-        extra={key: value for key, value in raw.items() if key not in _SPEC_FIELDS},
+        extra=extra,
     )
 
 
-def settle_timestamp(original: datetime | None, sent_at: datetime | None, received_at: datetime) -> datetime:
-    """Segment's clock-skew correction: `receivedAt - (sentAt - originalTimestamp)` when the device sent both."""
+def settle_timestamp(
+    original: datetime | None, sent_at: datetime | None, received_at: datetime
+) -> datetime | None:
+    """Segment's clock-skew correction: `receivedAt - (sentAt - originalTimestamp)` when the device sent both.
+
+    None when the correction leaves the calendar (a year-1 `sentAt` beside a year-9999 `timestamp`).
+    """
     if original is None:
         return received_at
     if sent_at is None:
         return original
-    return received_at - (sent_at - original)
+    try:
+        return received_at - (sent_at - original)
+    except OverflowError:
+        return None
+
+
+class TimeOutOfRange(ValueError):
+    """A well-formed date-time that no UTC datetime can hold."""
 
 
 def parse_time(text: str) -> datetime:
@@ -248,7 +272,10 @@ def parse_time(text: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise TimeOutOfRange(f"{text[:40]!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def format_time(value: datetime) -> str:
@@ -307,6 +334,9 @@ def _time(raw: Mapping[str, Any], key: str, bad: Any) -> datetime | None:
         return None
     try:
         return parse_time(value)
+    except TimeOutOfRange as error:
+        bad(key, str(error), Reason.TIMESTAMP_OUT_OF_RANGE)
+        return None
     except ValueError:
         bad(key, f"{value[:40]!r} is not an ISO-8601 date-time")
         return None
