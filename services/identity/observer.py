@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
+
+import structlog
 
 from cdp.eventlog.port import RecordedEvent
 from cdp.events.identity import IdentityRulesSet
 from cdp.events.ingest import MessageCollected
 from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
+from cdp.payload import repaired as repaired_json
 from services.identity.domain.decider import Observation
 from services.identity.domain.history import History
 from services.identity.domain.identifiers import Hasher
 from services.identity.domain.rules import rules_from_json
 from services.identity.prepare import HashCache, IdentitiesCache, Opened, opened_from
 from services.identity.readmodel import State
+
+log = structlog.get_logger("cdp.identity.observer")
 
 
 class Observer:
@@ -61,7 +66,7 @@ class Observer:
             previous=previous,
             source_id=message.source_id,
             event_name=message.event_name,
-            traits=message.traits,
+            traits=_storable(message.traits, str(recorded.id)),
             position=recorded.global_position,
         )
 
@@ -81,3 +86,19 @@ class Observer:
             self.state.without_history.discard(subject)
         history.record(obs.message_type, obs.timestamp, obs.source_id, obs.event_name, obs.traits)
         self.state.dirty_histories.add(subject)
+
+
+def _storable(traits: Mapping[str, Any], event_id: str) -> Mapping[str, Any]:
+    """The traits with what no read model can hold replaced (NUL, NaN, too deep: see `cdp.payload`).
+
+    Ingest refuses such values at the door; a message accepted before, or appended by another producer, would
+    otherwise fail the read model's write (PostgreSQL's json refuses NUL and Infinity) and be parked, losing the
+    person's message from the profile.
+    """
+    if not traits:
+        return traits
+    clean, repaired = repaired_json(dict(traits), "traits")
+    if not repaired:
+        return traits
+    log.warning("message_values_repaired", event_id=event_id, fields=repaired[:20], count=len(repaired))
+    return cast(Mapping[str, Any], clean)

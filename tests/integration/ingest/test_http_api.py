@@ -156,11 +156,12 @@ async def test_a_gzip_bomb_is_refused_without_inflating_it(api: HttpIngest) -> N
         (b"{not json", None, "is not valid JSON"),
         (b"", None, "is empty"),
         (b"\xff\xfe{}", None, "is not"),
+        (b'{"userId": "u", "event": "E", "properties": {"x": "\xed\xa0\x80"}}', None, "UTF-8"),
         (b'{"userId": NaN}', None, "NaN"),
         (b"not gzip at all", "gzip", "compressed"),
         (gzip.compress(b'{"userId": "u"}')[:-6], "gzip", "truncated"),
     ],
-    ids=["syntax", "empty", "not-utf8", "nan", "not-gzip", "truncated-gzip"],
+    ids=["syntax", "empty", "not-utf8", "encoded-surrogate", "nan", "not-gzip", "truncated-gzip"],
 )
 async def test_a_body_that_is_not_json_gets_400_naming_the_problem(
     api: HttpIngest, data: bytes, encoding: str | None, problem: str
@@ -195,6 +196,46 @@ async def test_a_batch_with_a_bad_message_stores_the_good_ones_and_names_the_bad
     ]
     assert body["errors"][0]["messageId"] == "bad-1"
     assert sorted(await stored(api)) == ["good-0", "good-2"]
+
+
+async def test_a_batch_with_values_no_later_step_could_hold_stores_the_rest(api: HttpIngest) -> None:
+    deep: Any = 1
+    for _ in range(60):
+        deep = {"a": deep}
+    batch = [
+        {"type": "identify", "userId": "u", "messageId": "good-0", "traits": {"plan": "pro"}},
+        {"type": "identify", "userId": "u", "messageId": "deep-1", "traits": deep},
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "messageId": "year-1",
+            "timestamp": "0001-01-01T00:00:00+05:00",
+        },
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "messageId": "skew-3",
+            "timestamp": "9999-12-31T23:59:59Z",
+            "sentAt": "0001-01-01T00:00:00Z",
+        },
+        {"type": "track", "userId": "u", "event": "E", "messageId": "good-4"},
+    ]
+    text = (
+        json.dumps({"batch": batch})[:-2]
+        + ', {"type": "track", "userId": "u", "event": "E", "messageId": "inf-5", "properties": {"x": 1e400}}]}'
+    )
+    status, body, _ = await api.post("/v1/batch", text.encode())
+    assert status == 400, body
+    assert [(error["index"], error["reason"]) for error in body["errors"]] == [
+        (1, "invalid_field"),
+        (2, "timestamp_out_of_range"),
+        (3, "timestamp_out_of_range"),
+        (5, "invalid_field"),
+    ]
+    assert body["errors"][3]["field"] == "batch[5].properties.x"
+    assert sorted(await stored(api)) == ["good-0", "good-4"]
 
 
 @pytest.mark.parametrize(

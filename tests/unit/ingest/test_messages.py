@@ -171,3 +171,60 @@ def test_a_rejection_is_classified_for_the_sender(raw: dict[str, Any], reason: R
         parse_message(raw, received_at=NOW, message_id="m")
     assert raised.value.rejection is reason
     assert raised.value.reason == f"REJECTION_REASON_{reason.name}"
+
+
+TRACK = {"type": "track", "userId": "u", "event": "E"}
+
+
+@pytest.mark.parametrize(
+    ("times", "field"),
+    [
+        ({"timestamp": "0001-01-01T00:00:00+05:00"}, "timestamp"),
+        ({"timestamp": "9999-12-31T23:59:59-05:00"}, "timestamp"),
+        ({"timestamp": "9999-12-31T23:59:59Z", "sentAt": "0001-01-01T00:00:00Z"}, "sentAt"),
+        ({"timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}, "sentAt"),
+        ({"originalTimestamp": "0001-01-01T00:00:01Z", "sentAt": "9999-12-31T00:00:00Z"}, "sentAt"),
+    ],
+)
+def test_extreme_timestamps_are_out_of_range_never_a_crash(times: dict[str, str], field: str) -> None:
+    with pytest.raises(InvalidMessage) as raised:
+        parse_message({**TRACK, **times}, received_at=NOW, message_id="m")
+    assert raised.value.rejection is Reason.TIMESTAMP_OUT_OF_RANGE
+    assert [v.field for v in raised.value.violations] == [field]
+
+
+instants = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.sampled_from([UTC])
+).map(lambda moment: moment.isoformat())
+offsets = st.sampled_from(["Z", "+14:00", "-12:00", "+05:30", ""])
+
+
+@given(timestamp=instants, sent_at=instants | st.none(), offset=offsets)
+def test_any_timestamp_and_sent_at_pair_settles_or_is_refused_as_out_of_range(
+    timestamp: str, sent_at: str | None, offset: str
+) -> None:
+    raw = {**TRACK, "timestamp": timestamp.replace("+00:00", "") + offset}
+    if sent_at is not None:
+        raw["sentAt"] = sent_at
+    try:
+        message = parse_message(raw, received_at=NOW, message_id="m")
+    except InvalidMessage as error:
+        assert error.rejection is Reason.TIMESTAMP_OUT_OF_RANGE
+    else:
+        assert datetime(1990, 1, 1, tzinfo=UTC) <= message.timestamp <= NOW + timedelta(days=1)
+
+
+def test_stored_json_that_later_steps_cannot_hold_is_refused_naming_the_field() -> None:
+    deep: Any = "leaf"
+    for _ in range(60):
+        deep = {"a": deep}
+    raw = {
+        **TRACK,
+        "properties": {"big": float("inf"), "ok": 1},
+        "traits": deep,
+        "context": {"note": "nul\x00"},
+        "channel": "\ud800",  # an extra top-level field SDKs add, stored too
+    }
+    found = violations(raw, message_id="m")
+    assert found[0] == "properties.big"
+    assert found[1].startswith("traits.a.a") and "context.note" in found and "channel" in found

@@ -1,0 +1,63 @@
+"""No value in the log can break identity: it is repaired where it is recorded, and reads never fail.
+
+The messages are appended straight to the log, as values accepted before ingest's limits existed would be. The
+resolver replaces what its read model cannot hold when it records the message (PostgreSQL's json refuses NUL and
+Infinity; without this the message was parked), so the profile keeps the rest; a read that meets a value no Struct
+can hold (a row written before) replaces it and names it in `repaired_fields` (`convert.struct`, unit-tested).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format
+
+from cdp.common.v1 import identity_pb2
+from cdp.identity.v1 import identity_service_pb2 as pb
+from cdp.payload import MAX_DEPTH
+from tests.integration.identity.conftest import ADMIN, Harness
+
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def _depth(value: Any) -> int:
+    return 1 + _depth(value["a"]) if isinstance(value, dict) and value.get("a") is not None else 0
+
+
+async def test_a_profile_holding_values_no_struct_can_hold_is_repaired_flagged_and_listed(
+    harness: Harness,
+) -> None:
+    h = harness
+    for n in range(3):
+        await h.collect("identify", at=T0 + timedelta(minutes=n), userId=f"ok-{n}", traits={"n": n})
+    poison = {"deep": nested(120), "inf": math.inf, "text": "nul\x00", "wide": 2**70, "plan": "pro"}
+    await h.collect("identify", at=T0 + timedelta(minutes=9), userId="poison", traits=poison)
+    await h.settle()
+
+    ref = identity_pb2.ProfileRef(identifier=identity_pb2.Identifier(type=1, value="poison"))
+    reply = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
+    traits = json_format.MessageToDict(reply.profile.traits)
+    assert traits["plan"] == "pro" and traits["inf"] is None and traits["text"] == "nul\ufffd"
+    assert traits["wide"] is None and _depth(traits["deep"]) == MAX_DEPTH - 2  # `traits.deep` is level 2
+
+    for page_size in (1, 0):
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await h.stub.ListProfiles(
+                pb.ListProfilesRequest(page={"page_size": page_size, "page_token": token}), metadata=ADMIN
+            )
+            seen += [p.profile_id for p in page.profiles]
+            token = page.page.next_page_token
+            if not token:
+                break
+        assert len(seen) == 4 and reply.profile.profile_id in seen
