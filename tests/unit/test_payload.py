@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cdp.payload import MAX_DEPTH, MAX_INTEGER, MIN_INTEGER, problems, repaired
 
 
-def nested(levels: int) -> dict[str, Any]:
+def nested(levels: int) -> Any:
     """An object `levels` deep: `nested(1)` is `{"a": 1}`."""
     value: Any = 1
     for _ in range(levels):

@@ -43,7 +43,9 @@ async def test_a_profile_holding_values_no_struct_can_hold_is_repaired_flagged_a
     await h.collect("identify", at=T0 + timedelta(minutes=9), userId="poison", traits=poison)
     await h.settle()
 
-    ref = identity_pb2.ProfileRef(identifier=identity_pb2.Identifier(type=1, value="poison"))
+    ref = identity_pb2.ProfileRef(
+        identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value="poison")
+    )
     reply = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
     traits = json_format.MessageToDict(reply.profile.traits)
     assert traits["plan"] == "pro" and traits["inf"] is None and traits["text"] == "nul\ufffd"

@@ -15,7 +15,9 @@ def test_values_a_struct_cannot_hold_are_replaced_and_their_paths_named() -> Non
     for _ in range(150):  # far past protobuf's own limit of 100, where ParseDict raises
         deep = {"a": deep}
     repaired: list[str] = []
-    converted = struct({"deep": deep, "nan": math.nan, "text": "x\ud800", "ok": [1, "two"]}, "traits", repaired)
+    converted = struct(
+        {"deep": deep, "nan": math.nan, "text": "x\ud800", "ok": [1, "two"]}, "traits", repaired
+    )
     document = json_format.MessageToDict(converted)
     assert document["nan"] is None and document["text"] == "x\ufffd" and document["ok"] == [1, "two"]
     assert repaired[1:] == ["traits.nan", "traits.text"] and repaired[0].startswith("traits.deep.a.a")
