@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
+from cdp.errors import InvalidInput
 from cdp.faults import failure_fields
 from cdp.runtime.auth import Access, Authenticator, current_principal
 from cdp.runtime.errors import classify, is_outage, status_code_of, to_grpc_status
@@ -54,27 +56,53 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if isinstance(value, str)
         }
         call = _Call(self, method, metadata)
+        decode = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                call.unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                call.unary(handler.unary_unary), decode, handler.response_serializer
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                call.unary(handler.stream_unary, streamed=True),
-                handler.request_deserializer,
-                handler.response_serializer,
+                call.unary(handler.stream_unary, streamed=True), decode, handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                call.streaming(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
+                call.streaming(handler.unary_stream), decode, handler.response_serializer
             )
         return grpc.stream_stream_rpc_method_handler(
-            call.streaming(handler.stream_stream, streamed=True),
-            handler.request_deserializer,
-            handler.response_serializer,
+            call.streaming(handler.stream_stream, streamed=True), decode, handler.response_serializer
         )
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Request bytes the method's message type could not parse; the edge answers INVALID_ARGUMENT for them."""
+
+    reason: str
+
+    def refusal(self, path: str = "") -> InvalidInput:
+        """The error naming the request (or the stream's message at `path`)."""
+        return InvalidInput.field(
+            path or "request", f"is not a valid protobuf message of this method ({self.reason})"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's deserializer, returning `Undecodable` instead of raising.
+
+    grpcio calls it before any handler code and answers a failure with a bare INTERNAL/UNKNOWN; corrupt bytes are
+    the client's fault, so they must reach the edge and be answered INVALID_ARGUMENT like any other bad input.
+    """
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError, RecursionError (nesting past protobuf's limit), …
+            return Undecodable(f"{type(error).__name__}: {str(error)[:200]}")
+
+    return decode
 
 
 class _Call:
@@ -134,6 +162,8 @@ class _Call:
         """Authorise the caller, then validate the request (a stream: each message as the servicer reads it)."""
         principal = self.edge._authenticator.authorize(self.edge.required_access(self.method), self.metadata)
         current_principal.set(principal)
+        if isinstance(request, Undecodable):
+            raise request.refusal()
         if self.public:
             return request
         if streamed:
@@ -184,6 +214,8 @@ async def _validated_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """The client's messages, each validated before the servicer gets it; a violation names its index."""
     index = 0
     async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.refusal(f"stream[{index}]")
         validate_request(request, f"stream[{index}]")
         yield request
         index += 1

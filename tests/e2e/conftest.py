@@ -18,14 +18,20 @@ T = TypeVar("T")
 
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = environment_for(tmp_path)
+    yield env
+    cdp(env, "down")  # never leave processes behind, even when the test failed
+
+
+def environment_for(directory: Path) -> dict[str, str]:
+    """The environment of a cluster on free ports with its data under `directory`."""
     ports = free_ports(len(SERVICES) + 1)
     env = {key: value for key, value in os.environ.items() if not key.startswith("CDP_")}
-    env["CDP_DATA_DIR"] = str(tmp_path / "data")
+    env["CDP_DATA_DIR"] = str(directory / "data")
     env["CDP_HTTP_PORT"] = str(ports[-1])
     for name, port in zip(SERVICES, ports, strict=False):
         env[f"CDP_{name.upper()}_PORT"] = str(port)
-    yield env
-    cdp(env, "down")  # never leave processes behind, even when the test failed
+    return env
 
 
 def cdp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
