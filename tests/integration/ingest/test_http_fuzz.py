@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from services.ingest.http_api import BATCH_PATHS, SINGLE_PATHS
+from tests.fuzzing import fuzz_settings, record
 from tests.integration.ingest.test_http_load import WEB_KEY, ServerThread
+
+pytestmark = pytest.mark.fuzz
 
 ALLOWED = {200, 400, 401, 413, 415}
 PATHS = [f"/v1/{name}" for name in [*SINGLE_PATHS, *BATCH_PATHS]]
@@ -45,7 +48,21 @@ scalars = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
     | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
-    | st.sampled_from(["", " ", "2026-01-01T00:00:00Z", "1900-01-01T00:00:00Z", "9999-12-31T00:00:00Z"])
+    | st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "2026-01-01T00:00:00Z",
+            "1900-01-01T00:00:00Z",
+            "9999-12-31T00:00:00Z",
+            # valid ISO text that leaves the calendar once moved to UTC, or once the clock skew is corrected
+            "0001-01-01T00:00:00+05:00",
+            "9999-12-31T23:59:59-05:00",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999Z",
+        ]
+    )
 )
 json_values = st.recursive(
     scalars,
@@ -98,11 +115,19 @@ def _nested(depth: int) -> Any:
     return value
 
 
+# Numbers no double holds, written as JSON text (json.dumps cannot produce them): `1e400` parses as infinity.
+_OVERFLOWING = ["1e400", "-1e309", "123456789012345678901234567890", "1" * 400]
+
+
 def _encode(document: Any) -> bytes:
     try:
-        return json.dumps(document).encode()
+        text = json.dumps(document)
     except RecursionError:
         return b'{"a":' * 5000 + b"1" + b"}" * 5000
+    # Swap some numbers for ones that overflow, and some strings for raw bytes that are not UTF-8.
+    text = text.replace(": 0,", f": {_OVERFLOWING[len(text) % len(_OVERFLOWING)]},", 1)
+    data = text.encode("utf-8", "surrogatepass")
+    return data.replace(b'"x"', b'"\xed\xa0\x80"', 1) if len(data) % 3 == 0 else data
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +159,8 @@ def check_still_serving(server: ServerThread, accepted: set[str]) -> None:
     accepted.add(canary)
 
 
-def check_answer(reply: requests.Response) -> None:
+def check_answer(path: str, reply: requests.Response) -> None:
+    record(f"http {path}", str(reply.status_code))
     assert reply.status_code in ALLOWED, (reply.status_code, reply.text[:500])
     body = reply.json()
     assert isinstance(body, dict) and isinstance(body.get("success"), bool)
@@ -142,15 +168,7 @@ def check_answer(reply: requests.Response) -> None:
         assert body["success"] is False and body["message"]
 
 
-fuzz = settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+fuzz = fuzz_settings(120)
 
 
 @fuzz
@@ -164,7 +182,7 @@ def test_generated_json_never_gets_a_5xx(
     content_type: str,
 ) -> None:
     headers = {**auth, "Content-Type": content_type} if content_type else dict(auth)
-    check_answer(post(server, path, _encode(document), headers))
+    check_answer(path, post(server, path, _encode(document), headers))
     check_still_serving(server, accepted)
 
 
@@ -184,7 +202,7 @@ def test_generated_bytes_and_broken_compression_never_get_a_5xx(
     headers = {"Authorization": BASIC, "Content-Type": "application/json"}
     if encoding:
         headers["Content-Encoding"] = encoding
-    check_answer(post(server, path, body, headers))
+    check_answer(path, post(server, path, body, headers))
     check_still_serving(server, accepted)
 
 
@@ -203,7 +221,7 @@ def test_the_good_messages_of_a_bad_batch_are_acknowledged_and_kept(
     ]
     mixed = [*valid, *batch]
     reply = post(server, "/v1/batch", json.dumps({"batch": mixed}).encode(), {"Authorization": BASIC})
-    check_answer(reply)
+    check_answer("/v1/batch", reply)
     assert reply.status_code in (200, 400), reply.text[:500]
     errors = reply.json().get("errors", [])
     if any("index" not in error for error in errors):
