@@ -150,21 +150,31 @@ class Cluster:
         return self.status()
 
     def down(self, timeout: float = 20.0) -> list[str]:
-        """Stop exactly the processes `up` started (SIGTERM, then SIGKILL after `timeout`); forget dead ones."""
-        stopped = []
+        """Stop exactly the processes `up` started (SIGTERM, then SIGKILL after `timeout`); forget dead ones.
+
+        Each service runs in a session of its own (`start_new_session`), so what is left of that session once the
+        service has ended (a worker or resource tracker orphaned by a kill -9, even of an earlier run) is killed too.
+        """
+        stopped, sessions = [], []
         for name in SERVICES:
+            recorded = self._recorded_pid(name)
+            if recorded is not None:
+                sessions.append(recorded)
             pid = self._running_pid(name)
             if pid is None:
-                self._pid_file(name).unlink(missing_ok=True)
                 continue
             _signal(pid, signal.SIGTERM)
             stopped.append((name, pid))
         deadline = time.monotonic() + timeout
-        for name, pid in stopped:
+        for _, pid in stopped:
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _alive(pid):
                 _signal(pid, signal.SIGKILL)
+        for session in sessions:
+            for leftover in session_members(session):
+                _signal(leftover, signal.SIGKILL)
+        for name in SERVICES:
             self._pid_file(name).unlink(missing_ok=True)
         return [name for name, _ in stopped]
 
@@ -401,6 +411,22 @@ def _exit_status(code: int) -> str:
 def _is_service(name: str, pid: int) -> bool:
     """Is `pid` alive and running `services.<name>` (a recycled pid runs something else)?"""
     return _alive(pid) and f"services.{name}" in _command_line(pid)
+
+
+def session_members(session: int) -> list[int]:
+    """The live processes of this session that run our code (a recycled session id runs something else)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == session:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[-1].split()
+        except OSError:
+            continue
+        # After ") ": state, ppid, pgrp, session.
+        if int(fields[3]) == session and fields[0] != "Z" and "python" in _command_line(int(entry.name)):
+            members.append(int(entry.name))
+    return members
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

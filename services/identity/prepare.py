@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copyreg
 import multiprocessing
+import os
 import pickle
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -214,9 +217,29 @@ _opener: Opener | None = None
 """The worker process's opener (set by `_start`)."""
 
 
-def _start(hasher: Hasher) -> None:
+def _start(hasher: Hasher, parent: int) -> None:
     global _opener
+    _exit_with(parent)  # the parent's pid as it passed it: it may have died while this worker was starting
     _opener = Opener(hasher)
+
+
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker as soon as its parent is gone (a kill -9 of identity must leave no orphan behind).
+
+    Polling `getppid` rather than PR_SET_PDEATHSIG: that signal fires when the parent *thread* that forked ends,
+    and the pool is started from whichever worker thread ran the catch-up. Once this worker is gone, the last
+    holder of the resource tracker's pipe is gone too, so the tracker exits as well.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _open_page(task: PageTask) -> list[Opened | None]:
@@ -234,7 +257,9 @@ class OpenerProcess:
 
     def __init__(self, hasher: Hasher) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads and connections
-        self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(hasher,))
+        self._pool = ProcessPoolExecutor(
+            1, mp_context=context, initializer=_start, initargs=(hasher, os.getpid())
+        )
 
     @staticmethod
     def can_take(hasher: Hasher) -> bool:
