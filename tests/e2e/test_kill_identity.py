@@ -7,6 +7,7 @@ multiprocessing's resource tracker along. Both used to outlive a kill -9 of the 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -78,16 +79,22 @@ def test_kill_9_during_catch_up_leaves_no_orphan_and_the_restart_has_every_profi
         again = cdp(env, "up", "--timeout", "90")
         assert again.returncode == 0, again.stdout + again.stderr
         pid = identity_pid(env)
-        workers = wait_until(lambda pid=pid: session_members(pid), "identity started its worker", timeout=90)
+        workers = wait_until(
+            functools.partial(session_members, pid), "identity started its worker", timeout=90
+        )
         os.kill(pid, signal.SIGKILL)
         try:
-            wait_until(lambda pid=pid: not session_members(pid), "the orphans of a killed identity ended", 60)
+            wait_until(functools.partial(_ended, pid), "the orphans of a killed identity ended", 60)
         except AssertionError as error:
             raise AssertionError(f"{error}: {_described(workers)}") from None
 
     finished = cdp(env, "up", "--timeout", "90")
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert wait_until(lambda: profile_count(env) == PEOPLE or None, f"{PEOPLE} profiles after restarts", 180)
+
+
+def _ended(session: int) -> bool:
+    return not session_members(session)
 
 
 def _described(pids: list[int]) -> str:
