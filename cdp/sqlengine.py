@@ -2,42 +2,56 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc, make_url
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc, make_url, text
 
 READ_MODEL_BUSY_MS = 30_000
 """How long a read-model writer waits for another (a reactor's batch holds the lock while it appends)."""
 WAL_SWITCH_TIMEOUT = 10.0
 """Seconds a new connection waits for others to finish switching the same file to WAL."""
 
-POOL_TIMEOUT = 5.0
-"""Seconds a caller waits for a pooled PostgreSQL connection before the call fails as UNAVAILABLE (the default 30 s
-made an outage look like a hang); the event log's pool uses the same bound."""
+DEPENDENCY_TIMEOUT = 2.0
+"""Seconds a call waits for a PostgreSQL server that does not answer, by default (`CDP_DEPENDENCY_TIMEOUT_SECONDS`):
+a pooled connection (the default 30 s made an outage look like a hang), a new connection, an unacknowledged
+send. The event log's pool uses the same bound; then the call fails as UNAVAILABLE."""
 
-POSTGRES_TIMEOUTS: dict[str, int] = {
-    "connect_timeout": 5,  # seconds to establish a connection to a server that does not answer (libpq: no limit)
-    "tcp_user_timeout": 10_000,  # ms a sent query may stay unacknowledged (a vanished host) before the socket fails
-    "keepalives": 1,  # and probe idle connections, so a dead peer is noticed before a query is sent to it
+LIBPQ_MIN_CONNECT_TIMEOUT = 2
+"""libpq treats a connect_timeout of 1 as 2 seconds, and takes whole seconds."""
+
+POSTGRES_KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,  # probe idle connections, so a dead peer is noticed before a query is sent to it
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
-"""libpq options that bound how long a lost or silent PostgreSQL server can hold a call. A statement timeout is
-left unset on purpose: replays and rebuilds legitimately run long. A URL naming an option keeps its own value."""
 
 
-def postgres_timeouts(named: Iterable[str]) -> dict[str, int]:
-    """The `POSTGRES_TIMEOUTS` a connection string does not set itself (`named`: the options it sets)."""
+def postgres_timeouts(named: Iterable[str], timeout: float = DEPENDENCY_TIMEOUT) -> dict[str, int]:
+    """The libpq options that bound how long a lost or silent PostgreSQL server can hold a call, for a bound of
+    `timeout` seconds, leaving out those a connection string sets itself (`named`: the options it sets).
+
+    `connect_timeout` bounds reaching a server that does not answer (libpq: no limit); `tcp_user_timeout` how
+    long a sent query may stay unacknowledged (a vanished host) before the socket fails. A statement timeout is
+    left unset on purpose: replays and rebuilds legitimately run long.
+    """
+    options = {
+        "connect_timeout": max(LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(timeout)),
+        "tcp_user_timeout": max(1000, math.ceil(timeout * 1000)),
+        **POSTGRES_KEEPALIVES,
+    }
     present = set(named)
-    return {key: value for key, value in POSTGRES_TIMEOUTS.items() if key not in present}
+    return {key: value for key, value in options.items() if key not in present}
 
 
-def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str], immediate: bool = False) -> Engine:
+def create_sql_engine(
+    url: str, *, sqlite_pragmas: Sequence[str], immediate: bool = False, timeout: float = DEPENDENCY_TIMEOUT
+) -> Engine:
     """An engine for `url`; `postgresql://` means psycopg 3; SQLite files get their folder and `sqlite_pragmas`.
 
     SQLite connections run in autocommit mode and begin their own transactions: BEGIN IMMEDIATE when a
@@ -49,8 +63,8 @@ def create_sql_engine(url: str, *, sqlite_pragmas: Sequence[str], immediate: boo
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if not url.startswith("sqlite"):
         # Pre-ping drops connections a restart or an outage broke, so the first call after it succeeds.
-        connect_args = postgres_timeouts(make_url(url).query)
-        return create_engine(url, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT, connect_args=connect_args)
+        connect_args = postgres_timeouts(make_url(url).query, timeout)
+        return create_engine(url, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args)
     path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +94,7 @@ def create_tables(metadata: MetaData, engine: Engine) -> None:
         metadata.create_all(engine)  # the twin committed: every table exists now, nothing is created
 
 
-def create_read_model_engine(url: str) -> Engine:
+def create_read_model_engine(url: str, *, timeout: float = DEPENDENCY_TIMEOUT) -> Engine:
     """An engine for a service's read-model database. On SQLite (WAL) every transaction takes the write lock up
     front unless it comes from `read_only(engine)`: a writer never has to upgrade a read lock, which is what
     fails with "database is locked" without waiting; writers queue on the busy timeout instead."""
@@ -89,6 +103,7 @@ def create_read_model_engine(url: str) -> Engine:
         url,
         sqlite_pragmas=(f"busy_timeout={READ_MODEL_BUSY_MS}", "journal_mode=WAL", "synchronous=NORMAL"),
         immediate=True,
+        timeout=timeout,
     )
 
 
@@ -96,6 +111,12 @@ def read_only(engine: Engine) -> Engine:
     """The same database for queries: on SQLite their transactions begin DEFERRED, so in WAL mode readers never
     wait for the writer (nor it for them). Nothing written through it is safe from "database is locked"."""
     return engine.execution_options(sqlite_immediate=False)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database (`SELECT 1`, never taking SQLite's write lock): a health probe."""
+    with read_only(engine).connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def enable_wal(connection: Any, timeout: float) -> None:

@@ -24,6 +24,7 @@ from cdp.eventlog.port import (
     WrongExpectedVersion,
     stream_category,
 )
+from cdp.sqlengine import DEPENDENCY_TIMEOUT
 
 __all__ = [
     "ALL",
@@ -49,8 +50,9 @@ __all__ = [
 ]
 
 
-def open_event_store(url: str) -> EventStore:
-    """The adapter a URL names; connections are opened lazily, on first use."""
+def open_event_store(url: str, *, timeout: float = DEPENDENCY_TIMEOUT) -> EventStore:
+    """The adapter a URL names; connections are opened lazily, on first use. `timeout` bounds each wait for a
+    PostgreSQL server that does not answer (SQLite waits on its busy timeout; KurrentDB on its client's own)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory" or url.startswith("sqlite://:memory:"):
         from cdp.eventlog.memory import InMemoryEventStore
@@ -63,7 +65,7 @@ def open_event_store(url: str) -> EventStore:
     if scheme in ("postgresql", "postgres"):
         from cdp.eventlog.postgres import PostgresEventStore
 
-        return PostgresEventStore.from_url(url)
+        return PostgresEventStore.from_url(url, timeout=timeout)
     if scheme in ("kurrentdb", "esdb", "kdb", "kurrentdb+discover", "esdb+discover", "kdb+discover"):
         from cdp.eventlog.kurrentdb import KurrentDBEventStore
 

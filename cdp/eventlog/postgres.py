@@ -55,7 +55,7 @@ from cdp.eventlog.port import (
     check_parts,
     stream_category,
 )
-from cdp.sqlengine import POOL_TIMEOUT, postgres_timeouts
+from cdp.sqlengine import DEPENDENCY_TIMEOUT, postgres_timeouts
 
 log = structlog.get_logger(__name__)
 
@@ -241,11 +241,19 @@ class PostgresEventStore(EventStore):
     backstop: float = BACKSTOP_SECONDS
     """Seconds an idle subscription waits for a NOTIFY before it re-reads anyway."""
 
-    def __init__(self, conninfo: str, *, schema: str = "eventlog", max_connections: int = 8) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = "eventlog",
+        max_connections: int = 8,
+        timeout: float = DEPENDENCY_TIMEOUT,
+    ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
         self._conninfo = conninfo
         self._schema = schema
+        self._timeout = timeout
         self._lock_key = zlib.crc32(f"cdp.eventlog:{schema}".encode())
         self._channel = f"cdp_eventlog_{schema}"
         # Bounded waits, so an outage answers UNAVAILABLE in seconds (`cdp.sqlengine` documents the values):
@@ -256,9 +264,9 @@ class PostgresEventStore(EventStore):
             min_size=1,
             max_size=max_connections,
             open=False,
-            kwargs={"autocommit": True, **postgres_timeouts(conninfo_to_dict(conninfo))},
-            timeout=POOL_TIMEOUT,
-            reconnect_timeout=POOL_TIMEOUT,
+            kwargs={"autocommit": True, **postgres_timeouts(conninfo_to_dict(conninfo), timeout)},
+            timeout=timeout,
+            reconnect_timeout=timeout,
             check=_check_if_closed,
         )
         self._opened: asyncio.Task[None] | None = None
@@ -267,10 +275,11 @@ class PostgresEventStore(EventStore):
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresEventStore:
-        """A store for `postgresql://user@host:port/db?schema=name` (schema defaults to `eventlog`)."""
+    def from_url(cls, url: str, *, timeout: float = DEPENDENCY_TIMEOUT) -> PostgresEventStore:
+        """A store for `postgresql://user@host:port/db?schema=name` (schema defaults to `eventlog`); `timeout`
+        bounds each wait for a server that does not answer."""
         conninfo, schema = split_url(url)
-        return cls(conninfo, schema=schema)
+        return cls(conninfo, schema=schema, timeout=timeout)
 
     @property
     def schema(self) -> str:
@@ -288,7 +297,7 @@ class PostgresEventStore(EventStore):
     async def _open(self) -> None:
         """Open the pool; create tables and function under the log's lock (DDL races otherwise)."""
         try:
-            await self._pool.open(wait=True, timeout=10)
+            await self._pool.open(wait=True, timeout=self._timeout)
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                 await conn.execute(SCHEMA_DDL.replace("{s}", self._schema).encode())

@@ -45,9 +45,16 @@ __all__ = [
 
 
 def open_keyring(
-    url: str, master: MasterKeys, *, cache_ttl: float = 60.0, cache_size: int = 10_000
+    url: str,
+    master: MasterKeys,
+    *,
+    cache_ttl: float = 60.0,
+    cache_size: int = 10_000,
+    timeout: float | None = None,
 ) -> Keyring:
-    """A keyring over the SQL key store at `url` (`sqlite:///data/keyring.db`, `postgresql://…`)."""
+    """A keyring over the SQL key store at `url` (`sqlite:///data/keyring.db`, `postgresql://…`); `timeout`
+    bounds each wait for a PostgreSQL server that does not answer (default: `cdp.sqlengine.DEPENDENCY_TIMEOUT`)."""
     from cdp.keyring.sql import SqlKeyStore
 
-    return Keyring(SqlKeyStore(url), master, cache_ttl=cache_ttl, cache_size=cache_size)
+    store = SqlKeyStore(url) if timeout is None else SqlKeyStore(url, timeout=timeout)
+    return Keyring(store, master, cache_ttl=cache_ttl, cache_size=cache_size)

@@ -237,7 +237,10 @@ class _SharedFetch:
             futures[subject] = future
         if self._running is None or self._running.done() or self._running.get_loop() is not loop:
             self._running = loop.create_task(self._run())
-        return {subject: await future for subject, future in futures.items()}
+        # gather, not one await after the other: when the shared run fails, every future holds the error, and
+        # those not awaited would be reported as "Future exception was never retrieved".
+        keys = await asyncio.gather(*futures.values())
+        return dict(zip(futures, keys, strict=True))
 
     async def _run(self) -> None:
         while self._waiting:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.keyring.store import ERASED, KeyStore, StoredSubject, WrappedKey
-from cdp.sqlengine import create_sql_engine
+from cdp.sqlengine import DEPENDENCY_TIMEOUT, create_sql_engine
 
 _CHUNK = 500
 
@@ -37,8 +37,10 @@ _CHUNK = 500
 class SqlKeyStore(KeyStore):
     """Wrapped keys in `<prefix>data_keys`, tombstones in `<prefix>erasures`."""
 
-    def __init__(self, url: str, *, table_prefix: str = "keyring_") -> None:
-        self.engine = create_keyring_engine(url)
+    def __init__(
+        self, url: str, *, table_prefix: str = "keyring_", timeout: float = DEPENDENCY_TIMEOUT
+    ) -> None:
+        self.engine = create_keyring_engine(url, timeout=timeout)
         self.metadata = MetaData()
         self._keys = Table(
             f"{table_prefix}data_keys",
@@ -156,12 +158,14 @@ class SqlKeyStore(KeyStore):
             self.metadata.create_all(self.engine)
 
 
-def create_keyring_engine(url: str) -> Engine:
+def create_keyring_engine(url: str, *, timeout: float = DEPENDENCY_TIMEOUT) -> Engine:
     """An engine for the keyring database; `postgresql://` means psycopg 3."""
     # busy_timeout first, so switching a new file to WAL waits for other processes instead of failing.
     # FULL sync because ciphertext in the log is useless if its key is lost.
     return create_sql_engine(
-        url, sqlite_pragmas=("busy_timeout=10000", "journal_mode=WAL", "synchronous=FULL", "secure_delete=ON")
+        url,
+        sqlite_pragmas=("busy_timeout=10000", "journal_mode=WAL", "synchronous=FULL", "secure_delete=ON"),
+        timeout=timeout,
     )
 
 

@@ -272,8 +272,15 @@ class Cluster:
             if code is not None:
                 raise ClusterError(self._exited(name, code, start.log_offset))
         for endpoint, state in states:
-            if state.health == DEAD:  # it ran before this `up`: its exit code is not ours to know
+            if state.health != DEAD:
+                continue
+            spawned = started.get(endpoint.service)
+            if spawned is None:  # it ran before this `up`: its exit code is not ours to know
                 raise ClusterError(self._exited(endpoint.service, None, 0))
+            # Ours, seen dead while still exiting (its command line is gone before it is a zombie): reap it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = spawned.process.wait(timeout=10)
+                raise ClusterError(self._exited(endpoint.service, code, spawned.log_offset))
 
     def _exited(self, name: str, code: int | None, log_offset: int) -> str:
         """What the terminal shows when a service's process ended during start-up."""

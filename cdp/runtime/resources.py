@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+
 from sqlalchemy import Engine
 
 from cdp.eventlog import EventStore, open_event_store
 from cdp.keyring import Keyring, SubjectIds, load_master_key, open_keyring
+from cdp.runtime.readiness import Probe
 from cdp.runtime.secrets import master_key_file, subject_secret
 from cdp.runtime.settings import Settings
-from cdp.sqlengine import create_read_model_engine
+from cdp.sqlengine import create_read_model_engine, ping
 
 
 def event_store(settings: Settings) -> EventStore:
     """The shared event log `CDP_EVENT_STORE` names."""
-    return open_event_store(settings.event_store)
+    return open_event_store(settings.event_store, timeout=settings.dependency_timeout_seconds)
 
 
 def keyring(settings: Settings) -> Keyring:
@@ -22,7 +26,9 @@ def keyring(settings: Settings) -> Keyring:
         settings.master_key, master_key_file(settings), production=settings.env == "production"
     )
     # Room for the keys of every person active in the last minute on a busy installation (~300 B each).
-    return open_keyring(settings.keyring_url, master, cache_size=100_000)
+    return open_keyring(
+        settings.keyring_url, master, cache_size=100_000, timeout=settings.dependency_timeout_seconds
+    )
 
 
 def subject_ids(settings: Settings) -> SubjectIds:
@@ -32,4 +38,15 @@ def subject_ids(settings: Settings) -> SubjectIds:
 
 def read_model_engine(settings: Settings, service: str) -> Engine:
     """The SQLAlchemy engine of one service's read models (`CDP_READ_MODEL_URL`)."""
-    return create_read_model_engine(settings.read_model_url_for(service))
+    return create_read_model_engine(
+        settings.read_model_url_for(service), timeout=settings.dependency_timeout_seconds
+    )
+
+
+def dependencies(store: EventStore, engine: Engine) -> Mapping[str, Probe]:
+    """The health probes of a service that follows the log into a read model: a cheap read of each."""
+
+    async def read_model() -> None:
+        await asyncio.to_thread(ping, engine)
+
+    return {"event log": store.head_position, "read model": read_model}

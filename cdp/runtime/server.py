@@ -18,6 +18,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cdp.faults import describe
 from cdp.ops.v1 import ops_service_pb2_grpc
 from cdp.reactor import Reactor
 from cdp.runtime.auth import Access, Authenticator
@@ -25,6 +26,7 @@ from cdp.runtime.interceptor import EdgeInterceptor
 from cdp.runtime.logging import configure_logging
 from cdp.runtime.ops import SERVICE as OPS_SERVICE
 from cdp.runtime.ops import OpsServicer
+from cdp.runtime.readiness import Probe, Readiness, watch
 from cdp.runtime.settings import Settings
 
 log = structlog.get_logger("cdp.server")
@@ -55,6 +57,13 @@ class ServiceApp:
     """The service's reactors (policies and projections following the log): started with the server, stopped
     at shutdown, their lag logged and served by `cdp.ops.v1.OpsService`."""
 
+    dependencies: Mapping[str, Probe] = field(default_factory=dict)
+    """What the service cannot serve without, by name (`"event log"`: a cheap read of it): probed every second,
+    each bounded by `CDP_DEPENDENCY_TIMEOUT_SECONDS`; while one fails, health answers NOT_SERVING."""
+
+    readiness: Readiness = field(default_factory=Readiness)
+    """Whether the service can serve now; the gRPC health service publishes it, and so may an HTTP edge."""
+
 
 def method_access(service: ServiceDescriptor, methods: Iterable[str], access: Access) -> dict[str, Access]:
     """`{"/pkg.Service/Method": access}` for the named methods, checking each exists in the contract."""
@@ -74,6 +83,7 @@ class GrpcServer:
         self._requested_port = settings.port_of(app.name) if port is None else port
         self.port = 0
         self.health = health_aio.HealthServicer()
+        self._names: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
         authenticator = Authenticator(settings.source_keys(), settings.admin_token)
         limits = settings.max_message_bytes
@@ -112,10 +122,30 @@ class GrpcServer:
         jobs = [*self.app.background, *(reactor.run for reactor in self.app.reactors)]
         if self.app.reactors:
             jobs.append(self._report_lag)
+        if self.app.dependencies:
+            jobs.append(self._watch_dependencies)
+        self._names = names
         self._tasks = [asyncio.create_task(self._guard(job)) for job in jobs]
-        for name in ["", *names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._publish()
         log.info("server_started", service=self.app.name, address=self.address, services=names)
+
+    async def _publish(self) -> None:
+        """Health answers what `app.readiness` says, for the server as a whole and each of its services."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.app.readiness.serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._names]:
+            await self.health.set(name, status)
+
+    async def _watch_dependencies(self) -> None:
+        await watch(
+            self.app.dependencies,
+            self.app.readiness,
+            bound=self.settings.dependency_timeout_seconds,
+            on_change=self._publish,
+        )
 
     async def stop(self) -> None:
         """Report NOT_SERVING, let in-flight calls finish within the grace period, then clean up."""
@@ -151,7 +181,8 @@ class GrpcServer:
                 status = await reactor.status()
                 log.info("reactor_status", **dataclasses.asdict(status))
                 if status.state == "failed":
-                    await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+                    self.app.readiness.mark_failed(f"reactor {status.name}", status.last_error or "failed")
+                    await self._publish()
 
     async def _guard(self, job: Callable[[], Awaitable[None]]) -> None:
         """A background task that dies takes the service out of SERVING rather than failing silently."""
@@ -159,9 +190,10 @@ class GrpcServer:
             await job()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as error:
             log.exception("background_task_failed", service=self.app.name)
-            await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.app.readiness.mark_failed(getattr(job, "__qualname__", repr(job)), describe(error))
+            await self._publish()
 
 
 def run_service(build: Callable[[Settings], Awaitable[ServiceApp]]) -> None:

@@ -108,6 +108,11 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Largest gRPC message accepted or sent."""
 
+    dependency_timeout_seconds: float = 2.0
+    """How long a call waits for a database that does not answer (a pooled connection, a new connection, an
+    unacknowledged send) before it fails as UNAVAILABLE / 503 with Retry-After; also the bound on each health
+    probe of the event log and read models."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised `CDP_*` variables, kept so a typo can be reported rather than silently ignored."""
 
@@ -176,6 +181,10 @@ class Settings:
             port = getattr(self, port_name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"CDP_{port_name.upper()}: {port} is not a TCP port")
+        if not 0.1 <= self.dependency_timeout_seconds <= 300:  # NaN fails both comparisons
+            raise SettingsError(
+                f"CDP_DEPENDENCY_TIMEOUT_SECONDS: {self.dependency_timeout_seconds} is not between 0.1 and 300"
+            )
 
     def port_of(self, service: str) -> int:
         """The gRPC port a service listens on."""
@@ -204,7 +213,7 @@ def _parse(name: str, raw: str) -> object:
     try:
         if name.endswith("_port") or name == "max_message_bytes":
             return int(raw)
-        if name == "grace_seconds":
+        if name in ("grace_seconds", "dependency_timeout_seconds"):
             return float(raw)
         if name in ("data_dir", "master_key_file", "subject_secret_file"):
             return Path(raw)

@@ -40,5 +40,6 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, Resolver]:
         servicers=[(add, IdentityServicer(app), SERVICE.full_name)],
         on_stop=[stop],
         reactors=[resolver.reactor],
+        dependencies=resources.dependencies(store, engine),
     )
     return service, resolver

@@ -23,6 +23,7 @@ from cdp import errors
 from cdp.faults import failure_fields
 from cdp.runtime.auth import Access, Authenticator, Principal, credential_from_metadata
 from cdp.runtime.errors import classify, is_outage, retry_after_of
+from cdp.runtime.readiness import Readiness
 from services.ingest.application import Collector
 from services.ingest.domain.messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_MESSAGE_BYTES
 from services.ingest.domain.outcomes import Outcome, Reason, Status
@@ -156,8 +157,10 @@ class HttpApi:
         port: int,
         limits: HttpLimits | None = None,
         grace_seconds: float = 5.0,
+        readiness: Readiness | None = None,
     ) -> None:
         self._collector = collector
+        self._readiness = readiness or Readiness()
         self._authenticator = authenticator
         self._host = host
         self._requested_port = port
@@ -335,8 +338,12 @@ class HttpApi:
         return json_response(source_settings(key, f"{request.host}/v1", request.scheme))
 
     async def _health(self, request: web.Request) -> web.Response:
+        """200 while the service can serve; 503 with the reasons while shutting down or a dependency is down."""
         if not self._serving:
             raise Refusal(503, "not_serving", "shutting down")
+        if not self._readiness.serving:
+            reasons = "; ".join(f"{what}: {why}" for what, why in self._readiness.reasons().items())
+            raise Refusal(503, "not_serving", f"not serving ({reasons})", headers=self._retry())
         return json_response({"status": "serving"})
 
     async def _preflight(self, request: web.Request) -> web.Response:

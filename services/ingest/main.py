@@ -11,6 +11,7 @@ from cdp.ingest.v1 import ingest_service_pb2_grpc
 from cdp.reactor import Reactor
 from cdp.runtime import resources
 from cdp.runtime.auth import Authenticator
+from cdp.runtime.readiness import Readiness
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
 from services.ingest.application import Collector
@@ -87,6 +88,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         keyring.close()
         engine.dispose()
 
+    readiness = Readiness()  # one answer for gRPC health and HTTP /health
     # The Segment HTTP API shares the collector (one set of rules, one group commit) and the event loop.
     http = HttpApi(
         collector,
@@ -95,6 +97,7 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         port=settings.http_port,
         limits=http_limits,
         grace_seconds=settings.grace_seconds,
+        readiness=readiness,
     )
 
     add = ingest_service_pb2_grpc.add_IngestServiceServicer_to_server
@@ -105,4 +108,6 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
         background=[committer.run, housekeeping, http, flush_blocked_counts],
         on_stop=[close],
         reactors=[runner, config_runner],
+        dependencies=resources.dependencies(store, engine),
+        readiness=readiness,
     )

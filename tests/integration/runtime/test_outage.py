@@ -2,7 +2,7 @@
 
 The event log and the read model both go through the proxy, so a read of each answers UNAVAILABLE within a
 bounded time while the database is unreachable, and the next call after it comes back succeeds. The durations
-are printed (`pytest -s`): the bounds come from `cdp.sqlengine.POSTGRES_TIMEOUTS` and `POOL_TIMEOUT`.
+are printed (`pytest -s`): the bounds come from `cdp.sqlengine.postgres_timeouts` and the dependency timeout.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import pytest
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.identity.v1 import identity_service_pb2_grpc
 from cdp.runtime.server import GrpcServer
-from cdp.sqlengine import POOL_TIMEOUT, POSTGRES_TIMEOUTS
+from cdp.sqlengine import DEPENDENCY_TIMEOUT, LIBPQ_MIN_CONNECT_TIMEOUT
 from services.identity.main import build
 from tests.integration.identity.conftest import ADMIN, POSTGRES, settings_for
 from tests.integration.runtime.tcp_proxy import TcpProxy, postgres_behind_proxy
 
 pytestmark = pytest.mark.postgres
 
-# Generous: the knobs say ~5 s; a loaded machine may add a few seconds, never tens.
-BOUND = POOL_TIMEOUT + POSTGRES_TIMEOUTS["connect_timeout"] + 10
+# Generous: the knobs say ~2 s (a pooled connection, then a new one); a loaded machine may add a few seconds,
+# never tens.
+BOUND = DEPENDENCY_TIMEOUT + max(LIBPQ_MIN_CONNECT_TIMEOUT, DEPENDENCY_TIMEOUT) + 6
 
 
 @dataclass
