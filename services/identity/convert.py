@@ -196,10 +196,22 @@ def _stats(stats: Mapping[str, Any]) -> pb.ProfileStats:
     return pb.ProfileStats(
         first_seen=moment("first_seen"),
         last_seen=moment("last_seen"),
-        message_counts=stats.get("message_counts", {}),
-        event_counts=stats.get("event_counts", {}),
-        sources=stats.get("sources", {}),
+        message_counts=_counts(stats.get("message_counts")),
+        event_counts=_counts(stats.get("event_counts")),
+        sources=_counts(stats.get("sources")),
     )
+
+
+def _counts(counts: Any) -> dict[str, int]:
+    """A count map a protobuf map<string, int64> can hold: keys made valid UTF-8 (an event name from before the
+    door's limits may hold a lone surrogate), counts that are not 64-bit integers left out."""
+    if not isinstance(counts, Mapping):
+        return {}
+    return {
+        str(name).encode("utf-8", "replace").decode(): count
+        for name, count in counts.items()
+        if isinstance(count, int) and -(2**63) <= count < 2**63
+    }
 
 
 def read_mask(paths: Iterable[str], path: str = "read_mask") -> list[str]:
@@ -216,7 +228,7 @@ def decision_message(row: Mapping[str, Any], clear: Mapping[str, tuple[str, str]
     kind, rule = row["kind"], str(row["rule"])
     decision = pb.IdentityDecision(
         decision_id=row["decision_id"],
-        kind=KINDS[kind],
+        kind=KINDS.get(kind, pb.DECISION_KIND_UNSPECIFIED),  # a kind a newer version wrote reads as unknown
         rule=RULES.get(rule, pb.DECISION_RULE_VALUE_LIMIT),
         profile_id=row["profile_id"],
         cause_message_id=row["cause_message_id"],

@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+import structlog
+
 from cdp.eventlog.port import START, EventFilter, EventStore, RecordedEvent
-from cdp.events import DomainEvent, from_recorded
+from cdp.events import DomainEvent, EventCatalogError, from_recorded
 from cdp.events.governance import SubjectErased
 from cdp.events.identity import IdentityRulesSet
 from cdp.events.ingest import MessageCollected
@@ -21,6 +23,24 @@ LIVE = EventFilter(event_types=("MessageCollected", "IdentityRulesSet", "Subject
 """What the resolver decides on."""
 MESSAGES = EventFilter(event_types=("MessageCollected",))
 REPLAY = EventFilter(event_types=(*LIVE.event_types, *codec.DECISION_TYPES))
+
+log = structlog.get_logger(__name__)
+
+
+def _decoded(recorded: RecordedEvent) -> DomainEvent | None:
+    """The event, or None for one no code can read: the live resolver parked it (`EventParked`), so a replay
+    leaves it out too, and one bad record never fails a rebuild or a read of the past."""
+    try:
+        return from_recorded(recorded)
+    except (EventCatalogError, ValueError) as error:
+        log.warning(
+            "replay_skipped_undecodable_event",
+            event_id=str(recorded.id),
+            global_position=recorded.global_position,
+            event_type=recorded.type,
+            cause=str(error)[:200],
+        )
+        return None
 
 
 async def replay(
@@ -80,7 +100,7 @@ async def replay_profile(
                 state.graph.apply(decision)
                 lineage.add(decision)
                 continue
-            event = from_recorded(recorded)
+            event = _decoded(recorded)
             if isinstance(event, IdentityRulesSet):
                 rules_at.append((recorded.global_position, event, recorded.stream_position + 1))
             elif isinstance(event, SubjectErased):
@@ -96,7 +116,7 @@ async def replay_profile(
             for recorded in page:
                 if recorded.recorded_at > until:
                     continue
-                event = from_recorded(recorded)
+                event = _decoded(recorded)
                 if not isinstance(event, MessageCollected):
                     continue
                 named = {event.subject_id, *event.identifiers.values()}
@@ -161,8 +181,10 @@ def _decode_for_replay(
         decision = codec.decode_decision(recorded)
         if decision is not None:
             decoded.append((recorded, decision))
-        elif frontier is None or recorded.global_position <= frontier:
-            decoded.append((recorded, from_recorded(recorded)))
+        elif (frontier is None or recorded.global_position <= frontier) and (
+            event := _decoded(recorded)
+        ) is not None:
+            decoded.append((recorded, event))
     return decoded
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from cdp.common.v1 import identity_pb2
+from cdp.eventlog import EventFilter, NewEvent
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.payload import MAX_DEPTH
 from tests.integration.identity.conftest import ADMIN, Harness
@@ -63,3 +64,26 @@ async def test_a_profile_holding_values_no_struct_can_hold_is_repaired_flagged_a
             if not token:
                 break
         assert len(seen) == 4 and reply.profile.profile_id in seen
+
+
+async def test_an_undecodable_message_in_the_log_is_parked_and_never_fails_a_read_of_the_past(
+    harness: Harness,
+) -> None:
+    h = harness
+    await h.collect("identify", at=T0, userId="steady", traits={"plan": "pro"})
+    # A body no code can read (written by a bug, or bytes damaged on disk), between two good messages.
+    await h.store.append("message-garbled", [NewEvent(type="MessageCollected", data=b"{not json")])
+    await h.collect("identify", at=T0 + timedelta(minutes=1), userId="steady", traits={"seats": 3})
+    await h.settle()
+
+    ref = identity_pb2.ProfileRef(
+        identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value="steady")
+    )
+    now = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
+    past = pb.GetProfileRequest(profile=ref)
+    past.as_of.FromDatetime(datetime.now(UTC))
+    then = await h.stub.GetProfile(past, metadata=ADMIN)
+    for reply in (now, then):
+        assert json_format.MessageToDict(reply.profile.traits) == {"plan": "pro", "seats": 3}
+    parked = await h.store.read_all(filter=EventFilter(event_types=("EventParked",)))
+    assert len(parked) == 1, "the live resolver set the garbled message aside, and only it"

@@ -7,6 +7,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from services.identity import convert
 from services.identity.convert import struct
 
 
@@ -27,3 +28,9 @@ def test_a_clean_value_names_nothing() -> None:
     repaired: list[str] = []
     struct({"plan": "pro", "n": 3}, "traits", repaired)
     assert repaired == []
+
+
+def test_count_maps_keep_what_a_protobuf_map_can_hold() -> None:
+    stats = convert._stats({"event_counts": {"Order\ud800": 2, "huge": 2**70, "text": "x", "ok": 1}})
+    assert dict(stats.event_counts) == {"Order?": 2, "ok": 1}
+    assert dict(convert._stats({"sources": "not a map"}).sources) == {}
