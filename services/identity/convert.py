@@ -174,6 +174,69 @@ def profile_message(record: ProfileRecord, mask: list[str]) -> pb.Profile:
     return profile
 
 
+REPLY_MARGIN = 64 * 1024
+"""Bytes of a reply left for what surrounds its profiles (the redirect flag, a page token, gRPC framing)."""
+
+CUT_TO_FIT = ("traits", "stats.event_counts", "stats.sources", "identifiers", "merged_profile_ids")
+"""The fields that grow with a person's history, cut in this order when a profile is too big for one reply."""
+
+
+def reply_budget(max_message_bytes: int) -> int:
+    """Bytes the profiles of one reply may take, for a server that sends at most `max_message_bytes`."""
+    return max(max_message_bytes // 2, max_message_bytes - REPLY_MARGIN)
+
+
+def fit(profile: pb.Profile, budget: int) -> pb.Profile:
+    """The profile within `budget` bytes: a person with more traits (or events, identifiers, merges) than one
+    reply can carry loses the last entries of those fields, in key order, and each field cut is named in
+    `repaired_fields` by its name alone (a path inside it means a value replaced). Without this the reply
+    exceeds the send limit: GetProfile answers RESOURCE_EXHAUSTED and every ListProfiles page holding the
+    person fails, for everyone."""
+    if profile.ByteSize() <= budget:
+        return profile
+    for name in CUT_TO_FIT:
+        if profile.ByteSize() <= budget:
+            break
+        if _cut(profile, name, budget):
+            profile.repaired_fields.append(name)
+    if profile.repaired_fields:
+        _log_repaired_once(profile.profile_id, list(profile.repaired_fields))
+    return profile
+
+
+def _cut(profile: pb.Profile, name: str, budget: int) -> bool:
+    """Drop the last entries of one field until the profile fits or the field is empty; whether any went."""
+    cut = False
+    while (excess := profile.ByteSize() - budget) > 0:
+        field = _field(profile, name)
+        if not field:
+            break
+        cut = True
+        freed = 0
+        if name in ("identifiers", "merged_profile_ids"):  # repeated: the last ones go
+            while field and freed <= excess:
+                last = field[-1]
+                freed += 4 + (len(last.encode()) if isinstance(last, str) else last.ByteSize())
+                del field[-1]
+            continue
+        for key in sorted(field.keys(), reverse=True):  # maps: the last keys go
+            if freed > excess:
+                break
+            value = field[key]
+            freed += 12 + len(key.encode()) + (value.ByteSize() if name == "traits" else 0)
+            del field[key]
+    return cut
+
+
+def _field(profile: pb.Profile, name: str) -> Any:
+    """The container one of `CUT_TO_FIT` names."""
+    if name == "traits":
+        return profile.traits.fields
+    if name.startswith("stats."):
+        return getattr(profile.stats, name.removeprefix("stats."))
+    return getattr(profile, name)
+
+
 _REPAIRS_LOGGED: OrderedDict[str, None] = OrderedDict()
 _REPAIRS_REMEMBERED = 10_000
 

@@ -11,6 +11,7 @@ from cdp.errors import InvalidInput, NotBuiltYet
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.identity.v1 import identity_service_pb2_grpc
 from cdp.runtime.auth import current_principal
+from cdp.runtime.settings import DEFAULT_MAX_MESSAGE_BYTES
 from services.identity import convert
 from services.identity.application import IdentityApp
 from services.identity.queries import ProfileQuery
@@ -21,8 +22,9 @@ SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"]
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     """The `cdp.identity.v1.IdentityService` implementation (every method needs the admin token)."""
 
-    def __init__(self, app: IdentityApp) -> None:
+    def __init__(self, app: IdentityApp, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._app = app
+        self._budget = convert.reply_budget(max_message_bytes)
 
     async def Resolve(self, request: pb.ResolveRequest, context: Any) -> pb.ResolveResponse:
         """Which profile the identifiers belong to."""
@@ -46,7 +48,8 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         mask = convert.read_mask(request.read_mask.paths)
         as_of = convert.to_datetime(request.as_of) if request.HasField("as_of") else None
         record, redirected = await self._app.get_profile(ref, as_of)
-        return pb.GetProfileResponse(profile=convert.profile_message(record, mask), redirected=redirected)
+        profile = convert.fit(convert.profile_message(record, mask), self._budget)
+        return pb.GetProfileResponse(profile=profile, redirected=redirected)
 
     async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> pb.ListProfilesResponse:
         """A page of profiles matching the filter."""
@@ -54,9 +57,18 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         mask = convert.read_mask(request.read_mask.paths)
         after = convert.decode_token(request.page.page_token, "profiles")
         records, more = await self._app.list_profiles(query, after, convert.page_size(request.page.page_size))
-        reply = pb.ListProfilesResponse(profiles=[convert.profile_message(r, mask) for r in records])
-        if more and records:
-            reply.page.next_page_token = convert.encode_token("profiles", records[-1].profile_id)
+        reply = pb.ListProfilesResponse()
+        used, last = 0, None
+        for record in records:  # a page ends early rather than outgrow what one reply may carry
+            profile = convert.fit(convert.profile_message(record, mask), self._budget)
+            size = profile.ByteSize() + 8  # the field's tag and length
+            if last is not None and used + size > self._budget:
+                more = True
+                break
+            reply.profiles.append(profile)
+            used, last = used + size, record.profile_id
+        if more and last is not None:
+            reply.page.next_page_token = convert.encode_token("profiles", last)
         return reply
 
     async def GetMergeHistory(

@@ -37,7 +37,9 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, Resolver]:
     add = identity_service_pb2_grpc.add_IdentityServiceServicer_to_server
     service = ServiceApp(
         name="identity",
-        servicers=[(add, IdentityServicer(app), SERVICE.full_name)],
+        servicers=[
+            (add, IdentityServicer(app, max_message_bytes=settings.max_message_bytes), SERVICE.full_name)
+        ],
         on_stop=[stop],
         reactors=[resolver.reactor],
         dependencies=resources.dependencies(store, engine),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,7 +111,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
 
 @pytest.fixture
 async def harness(tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[Harness]:
-    settings = settings_for(tmp_path, **backend)
+    async with running_harness(settings_for(tmp_path, **backend)) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_harness(settings: Settings) -> AsyncIterator[Harness]:
+    """Identity on loopback for these settings, and what a test needs to look behind it."""
     app, resolver = await assemble(settings)
     server = GrpcServer(app, settings, port=0)
     await server.start()

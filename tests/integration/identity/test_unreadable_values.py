@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
@@ -18,7 +19,7 @@ from cdp.common.v1 import identity_pb2
 from cdp.eventlog import EventFilter, NewEvent
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.payload import MAX_DEPTH
-from tests.integration.identity.conftest import ADMIN, Harness
+from tests.integration.identity.conftest import ADMIN, Harness, running_harness, settings_for
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -87,3 +88,41 @@ async def test_an_undecodable_message_in_the_log_is_parked_and_never_fails_a_rea
         assert json_format.MessageToDict(reply.profile.traits) == {"plan": "pro", "seats": 3}
     parked = await h.store.read_all(filter=EventFilter(event_types=("EventParked",)))
     assert len(parked) == 1, "the live resolver set the garbled message aside, and only it"
+
+
+async def test_a_profile_too_big_for_one_reply_is_cut_to_fit_flagged_and_every_page_still_answers(
+    tmp_path: Path,
+) -> None:
+    limit = 256 * 1024  # a small send limit, so that a few hundred kilobytes of traits are too many
+    async with running_harness(settings_for(tmp_path, max_message_bytes=limit)) as h:
+        for n in range(3):
+            await h.collect("identify", at=T0 + timedelta(minutes=n), userId=f"small-{n}", traits={"n": n})
+        for batch in range(30):  # 3,000 distinct traits of ~200 bytes: about 650 KB
+            traits = {f"trait_{batch:02}_{k:03}": "v" * 200 for k in range(100)}
+            await h.collect(
+                "identify", at=T0 + timedelta(hours=1, minutes=batch), userId="hoarder", traits=traits
+            )
+        await h.settle()
+
+        ref = identity_pb2.ProfileRef(
+            identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value="hoarder")
+        )
+        reply = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
+        kept = set(json_format.MessageToDict(reply.profile.traits))
+        assert list(reply.profile.repaired_fields) == ["traits"]
+        assert 0 < len(kept) < 3000 and "trait_00_000" in kept, "the first keys are kept, the last cut"
+        assert reply.ByteSize() <= limit
+
+        for page_size in (1, 0):
+            seen: list[str] = []
+            token = ""
+            while True:
+                page = await h.stub.ListProfiles(
+                    pb.ListProfilesRequest(page={"page_size": page_size, "page_token": token}), metadata=ADMIN
+                )
+                assert page.ByteSize() <= limit
+                seen += [p.profile_id for p in page.profiles]
+                token = page.page.next_page_token
+                if not token:
+                    break
+            assert len(seen) == 4 and reply.profile.profile_id in seen
