@@ -14,11 +14,14 @@ import signal
 from pathlib import Path
 
 import grpc
+import pytest
 import requests
 
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.runtime.cluster import session_members
 from tests.e2e.conftest import cdp, wait_until
+
+pytestmark = pytest.mark.e2e
 
 ADMIN = (("authorization", "Bearer dev-admin-token"),)
 PEOPLE = 6000
