@@ -6,6 +6,7 @@ multiprocessing's resource tracker along. Both used to outlive a kill -9 of the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -18,7 +19,10 @@ import pytest
 import requests
 
 from cdp.identity.v1 import identity_service_pb2 as pb
+from cdp.runtime import resources
 from cdp.runtime.cluster import session_members
+from cdp.runtime.settings import Settings
+from services.identity.resolver import Resolver
 from tests.e2e.conftest import cdp, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +98,29 @@ def test_kill_9_during_catch_up_leaves_no_orphan_and_the_restart_has_every_profi
     finished = cdp(env, "up", "--timeout", "90")
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert wait_until(lambda: profile_count(env) == PEOPLE or None, f"{PEOPLE} profiles after restarts", 180)
+    assert cdp(env, "down").returncode == 0
+    live, rebuilt = asyncio.run(live_and_rebuilt(env))
+    assert sum(map(len, live.values())) > PEOPLE, "the snapshot holds the profiles' rows"
+    assert rebuilt == live, (
+        "the read model left by the killed identity differs from a fresh rebuild of the log"
+    )
+
+
+async def live_and_rebuilt(env: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Identity's read model as the cluster left it, and as a fresh rebuild from the log alone makes it."""
+    settings = Settings.from_env(env)
+    store, keyring = resources.event_store(settings), resources.keyring(settings)
+    engine = resources.read_model_engine(settings, "identity")
+    try:
+        resolver = Resolver(store, keyring, resources.subject_ids(settings), engine)
+        await resolver.catch_up()  # nothing left to do: the last `up` settled it
+        live = await resolver.snapshot()
+        await resolver.rebuild()
+        return live, await resolver.snapshot()
+    finally:
+        await store.close()
+        keyring.close()
+        engine.dispose()
 
 
 def _ended(session: int) -> bool:
