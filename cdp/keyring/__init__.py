@@ -16,6 +16,7 @@ from cdp.keyring.master import (
 from cdp.keyring.memory import InMemoryKeyStore
 from cdp.keyring.store import KeyStore, StoredSubject, WrappedKey
 from cdp.keyring.subjects import SubjectIds, check_subject_id, is_subject_id, subject_id
+from cdp.sqlengine import DEPENDENCY_TIMEOUT
 
 __all__ = [
     "DecryptionFailed",
@@ -50,11 +51,10 @@ def open_keyring(
     *,
     cache_ttl: float = 60.0,
     cache_size: int = 10_000,
-    timeout: float | None = None,
+    timeout: float = DEPENDENCY_TIMEOUT,
 ) -> Keyring:
     """A keyring over the SQL key store at `url` (`sqlite:///data/keyring.db`, `postgresql://…`); `timeout`
-    bounds each wait for a PostgreSQL server that does not answer (default: `cdp.sqlengine.DEPENDENCY_TIMEOUT`)."""
+    bounds each wait for a PostgreSQL server that does not answer."""
     from cdp.keyring.sql import SqlKeyStore
 
-    store = SqlKeyStore(url) if timeout is None else SqlKeyStore(url, timeout=timeout)
-    return Keyring(store, master, cache_ttl=cache_ttl, cache_size=cache_size)
+    return Keyring(SqlKeyStore(url, timeout=timeout), master, cache_ttl=cache_ttl, cache_size=cache_size)

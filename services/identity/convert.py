@@ -186,22 +186,19 @@ def reply_budget(max_message_bytes: int) -> int:
     return max(max_message_bytes // 2, max_message_bytes - REPLY_MARGIN)
 
 
-def fit(profile: pb.Profile, budget: int) -> pb.Profile:
-    """The profile within `budget` bytes: a person with more traits (or events, identifiers, merges) than one
-    reply can carry loses the last entries of those fields, in key order, and each field cut is named in
-    `repaired_fields` by its name alone (a path inside it means a value replaced). Without this the reply
-    exceeds the send limit: GetProfile answers RESOURCE_EXHAUSTED and every ListProfiles page holding the
-    person fails, for everyone."""
-    if profile.ByteSize() <= budget:
-        return profile
-    for name in CUT_TO_FIT:
-        if profile.ByteSize() <= budget:
-            break
-        if _cut(profile, name, budget):
-            profile.repaired_fields.append(name)
-    if profile.repaired_fields:
-        _log_repaired_once(profile.profile_id, list(profile.repaired_fields))
-    return profile
+def fit(profile: pb.Profile, budget: int) -> int:
+    """Cut the profile, in place, to `budget` bytes; its size after. A person with more traits (or events,
+    identifiers, merges) than one reply can carry loses the last entries of those fields, in key order, and
+    each field cut is named in `repaired_fields` by its name alone (a path inside it means a value replaced).
+    Without this the reply exceeds the send limit: GetProfile answers RESOURCE_EXHAUSTED and every ListProfiles
+    page holding the person fails, for everyone."""
+    size = profile.ByteSize()
+    if size <= budget:
+        return size
+    cut = [name for name in CUT_TO_FIT if _cut(profile, name, budget)]
+    profile.repaired_fields.extend(cut)
+    _log_repaired_once(profile.profile_id, list(profile.repaired_fields))
+    return profile.ByteSize()
 
 
 def _cut(profile: pb.Profile, name: str, budget: int) -> bool:

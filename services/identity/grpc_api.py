@@ -48,7 +48,8 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         mask = convert.read_mask(request.read_mask.paths)
         as_of = convert.to_datetime(request.as_of) if request.HasField("as_of") else None
         record, redirected = await self._app.get_profile(ref, as_of)
-        profile = convert.fit(convert.profile_message(record, mask), self._budget)
+        profile = convert.profile_message(record, mask)
+        convert.fit(profile, self._budget)
         return pb.GetProfileResponse(profile=profile, redirected=redirected)
 
     async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> pb.ListProfilesResponse:
@@ -60,8 +61,8 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         reply = pb.ListProfilesResponse()
         used, last = 0, None
         for record in records:  # a page ends early rather than outgrow what one reply may carry
-            profile = convert.fit(convert.profile_message(record, mask), self._budget)
-            size = profile.ByteSize() + 8  # the field's tag and length
+            profile = convert.profile_message(record, mask)
+            size = convert.fit(profile, self._budget) + 8  # and the field's tag and length
             if last is not None and used + size > self._budget:
                 more = True
                 break

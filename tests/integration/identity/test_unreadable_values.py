@@ -31,6 +31,27 @@ def nested(levels: int) -> Any:
     return value
 
 
+def user_ref(user_id: str) -> identity_pb2.ProfileRef:
+    return identity_pb2.ProfileRef(
+        identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value=user_id)
+    )
+
+
+async def listed(h: Harness, page_size: int, *, limit: int | None = None) -> list[str]:
+    """Every profile id, page by page; each page within `limit` bytes when given."""
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await h.stub.ListProfiles(
+            pb.ListProfilesRequest(page={"page_size": page_size, "page_token": token}), metadata=ADMIN
+        )
+        assert limit is None or page.ByteSize() <= limit
+        seen += [p.profile_id for p in page.profiles]
+        token = page.page.next_page_token
+        if not token:
+            return seen
+
+
 def _depth(value: Any) -> int:
     return 1 + _depth(value["a"]) if isinstance(value, dict) and value.get("a") is not None else 0
 
@@ -45,25 +66,14 @@ async def test_a_profile_holding_values_no_struct_can_hold_is_repaired_flagged_a
     await h.collect("identify", at=T0 + timedelta(minutes=9), userId="poison", traits=poison)
     await h.settle()
 
-    ref = identity_pb2.ProfileRef(
-        identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value="poison")
-    )
+    ref = user_ref("poison")
     reply = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
     traits = json_format.MessageToDict(reply.profile.traits)
     assert traits["plan"] == "pro" and traits["inf"] is None and traits["text"] == "nul\ufffd"
     assert traits["wide"] is None and _depth(traits["deep"]) == MAX_DEPTH - 2  # `traits.deep` is level 2
 
     for page_size in (1, 0):
-        seen: list[str] = []
-        token = ""
-        while True:
-            page = await h.stub.ListProfiles(
-                pb.ListProfilesRequest(page={"page_size": page_size, "page_token": token}), metadata=ADMIN
-            )
-            seen += [p.profile_id for p in page.profiles]
-            token = page.page.next_page_token
-            if not token:
-                break
+        seen = await listed(h, page_size)
         assert len(seen) == 4 and reply.profile.profile_id in seen
 
 
@@ -77,9 +87,7 @@ async def test_an_undecodable_message_in_the_log_is_parked_and_never_fails_a_rea
     await h.collect("identify", at=T0 + timedelta(minutes=1), userId="steady", traits={"seats": 3})
     await h.settle()
 
-    ref = identity_pb2.ProfileRef(
-        identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value="steady")
-    )
+    ref = user_ref("steady")
     now = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
     past = pb.GetProfileRequest(profile=ref)
     past.as_of.FromDatetime(datetime.now(UTC))
@@ -104,9 +112,7 @@ async def test_a_profile_too_big_for_one_reply_is_cut_to_fit_flagged_and_every_p
             )
         await h.settle()
 
-        ref = identity_pb2.ProfileRef(
-            identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value="hoarder")
-        )
+        ref = user_ref("hoarder")
         reply = await h.stub.GetProfile(pb.GetProfileRequest(profile=ref), metadata=ADMIN)
         kept = set(json_format.MessageToDict(reply.profile.traits))
         assert list(reply.profile.repaired_fields) == ["traits"]
@@ -114,15 +120,5 @@ async def test_a_profile_too_big_for_one_reply_is_cut_to_fit_flagged_and_every_p
         assert reply.ByteSize() <= limit
 
         for page_size in (1, 0):
-            seen: list[str] = []
-            token = ""
-            while True:
-                page = await h.stub.ListProfiles(
-                    pb.ListProfilesRequest(page={"page_size": page_size, "page_token": token}), metadata=ADMIN
-                )
-                assert page.ByteSize() <= limit
-                seen += [p.profile_id for p in page.profiles]
-                token = page.page.next_page_token
-                if not token:
-                    break
+            seen = await listed(h, page_size, limit=limit)
             assert len(seen) == 4 and reply.profile.profile_id in seen
