@@ -15,6 +15,11 @@ class AudienceDefined(DomainEvent, type_name="AudienceDefined"):
     audience_id: str
     name: str
     definition: JsonObject
+    """The condition tree (`services.segments.domain.codec`), band bounds resolved."""
+    description: str = ""
+    expression: str = ""
+    """The definition in the audience language, as written (or rendered from a tree)."""
+    defined_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +27,8 @@ class AudienceArchived(DomainEvent, type_name="AudienceArchived"):
     """The audience stops being computed and activated."""
 
     audience_id: str
+    reason: str = ""
+    archived_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +38,10 @@ class ComputedTraitDefined(DomainEvent, type_name="ComputedTraitDefined"):
     trait_id: str
     name: str
     definition: JsonObject
+    """The aggregate (`services.segments.domain.codec`)."""
+    description: str = ""
+    expression: str = ""
+    defined_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,3 +52,11 @@ class MembershipChanged(DomainEvent, type_name="MembershipChanged"):
     profile_id: str
     entered: bool
     computed_at: datetime
+    """The evaluation time the change was decided at."""
+    reason: str = ""
+    """`event`, `time` (a window passed), `merge`, `split`, `definition`, `archived`, `consent`."""
+    changed: tuple[str, ...] = ()
+    """The top-level conditions (audience language) whose truth changed with it."""
+    audience_version: int = 0
+    change_number: int = 0
+    """1 for the pair's first change, and so on: what the event's id is derived from."""

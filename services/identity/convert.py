@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -24,8 +22,6 @@ from services.identity.queries import ProfileRecord
 
 log = structlog.get_logger("cdp.identity.convert")
 
-DEFAULT_PAGE = 50
-MAX_PAGE = 1000
 MAX_RESOLVE = 100
 MAX_REASON = 500
 
@@ -97,29 +93,6 @@ def profile_ref(message: identity_pb2.ProfileRef, path: str = "profile") -> Prof
     if message.WhichOneof("ref") == "profile_id":
         return ProfileRef(profile_id=message.profile_id.strip())
     return ProfileRef(identifier=identifier_ref(message.identifier, f"{path}.identifier"))
-
-
-def page_size(size: int) -> int:
-    """0 means the default; larger than the maximum is clamped."""
-    return DEFAULT_PAGE if size == 0 else min(size, MAX_PAGE)
-
-
-def encode_token(kind: str, value: str) -> str:
-    """An opaque page token."""
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
-
-
-def decode_token(token: str, kind: str, path: str = "page.page_token") -> str:
-    """The value inside a token this service issued for this method."""
-    if not token:
-        return ""
-    try:
-        found_kind, value = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidInput.field(path, "is not a token this service issued") from None
-    if found_kind != kind:
-        raise InvalidInput.field(path, "is not a token this service issued")
-    return value
 
 
 def to_datetime(stamp: timestamp_pb2.Timestamp) -> datetime:

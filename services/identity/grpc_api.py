@@ -10,6 +10,7 @@ from cdp.common.v1 import identity_pb2
 from cdp.errors import InvalidInput, NotBuiltYet
 from cdp.identity.v1 import identity_service_pb2 as pb
 from cdp.identity.v1 import identity_service_pb2_grpc
+from cdp.runtime import paging
 from cdp.runtime.auth import current_principal
 from cdp.runtime.settings import DEFAULT_MAX_MESSAGE_BYTES
 from services.identity import convert
@@ -56,8 +57,8 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         """A page of profiles matching the filter."""
         query = _profile_query(request.filter)
         mask = convert.read_mask(request.read_mask.paths)
-        after = convert.decode_token(request.page.page_token, "profiles")
-        records, more = await self._app.list_profiles(query, after, convert.page_size(request.page.page_size))
+        after = paging.decode_token(request.page.page_token, "profiles")
+        records, more = await self._app.list_profiles(query, after, paging.page_size(request.page.page_size))
         reply = pb.ListProfilesResponse()
         used, last = 0, None
         for record in records:  # a page ends early rather than outgrow what one reply may carry
@@ -69,7 +70,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
             reply.profiles.append(profile)
             used, last = used + size, record.profile_id
         if more and last is not None:
-            reply.page.next_page_token = convert.encode_token("profiles", last)
+            reply.page.next_page_token = paging.encode_token("profiles", last)
         return reply
 
     async def GetMergeHistory(
@@ -78,14 +79,14 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         """Every decision about the profile, with its rule and cause."""
         ref = convert.profile_ref(request.profile)
         start, end = _range(request)
-        after = int(convert.decode_token(request.page.page_token, "decisions") or -1)
-        size = convert.page_size(request.page.page_size)
+        after = int(paging.decode_token(request.page.page_token, "decisions") or -1)
+        size = paging.page_size(request.page.page_size)
         profile, rows, clear = await self._app.merge_history(ref, start, end, after, size + 1)
         reply = pb.GetMergeHistoryResponse(
             profile_id=profile, decisions=[convert.decision_message(r, clear) for r in rows[:size]]
         )
         if len(rows) > size:
-            reply.page.next_page_token = convert.encode_token("decisions", str(rows[size - 1]["seq"]))
+            reply.page.next_page_token = paging.encode_token("decisions", str(rows[size - 1]["seq"]))
         return reply
 
     async def SplitProfile(self, request: pb.SplitProfileRequest, context: Any) -> pb.SplitProfileResponse:

@@ -67,16 +67,6 @@ def test_identifier_namespaces_belong_to_external_ids_only() -> None:
         convert.identifier_ref(identity_pb2.Identifier(type=EMAIL, value="a@b.c", namespace="n"), "x")
 
 
-def test_page_tokens_are_checked_and_sizes_clamped() -> None:
-    token = convert.encode_token("profiles", "abc")
-    assert convert.decode_token(token, "profiles") == "abc"
-    with pytest.raises(InvalidInput, match="page_token"):
-        convert.decode_token(token, "decisions")
-    with pytest.raises(InvalidInput, match="page_token"):
-        convert.decode_token("%%%", "profiles")
-    assert convert.page_size(0) == 50 and convert.page_size(5000) == 1000
-
-
 def test_a_read_mask_names_profile_fields_only() -> None:
     assert convert.read_mask(["traits", "identifiers"]) == ["traits", "identifiers"]
     with pytest.raises(InvalidInput, match=r"read_mask\.paths\[1\]"):
