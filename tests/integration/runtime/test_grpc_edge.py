@@ -37,10 +37,10 @@ from cdp.runtime.errors import field_violations
 from cdp.runtime.placeholders import with_placeholders
 from cdp.runtime.server import GrpcServer, ServiceApp
 from cdp.runtime.settings import Settings
-from cdp.segments.v1 import segments_service_pb2, segments_service_pb2_grpc
+from cdp.activation.v1 import activation_service_pb2, activation_service_pb2_grpc
 from cdp.sqlengine import create_sql_engine
 from services.ingest.main import build
-from services.segments.main import build as build_segments
+from services.activation.main import build as build_activation
 
 WRITE_KEY = (("authorization", "Bearer dev-write-key"),)
 IDENTITY = identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"]
@@ -125,19 +125,17 @@ async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(tmp_pa
     settings = replace(
         Settings.from_env({"CDP_DATA_DIR": str(tmp_path), "CDP_HTTP_PORT": "0"}), grace_seconds=0.5
     )
-    running = GrpcServer(await build_segments(settings), settings, port=0)
+    running = GrpcServer(await build_activation(settings), settings, port=0)
     await running.start()
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
-            segments = segments_service_pb2_grpc.SegmentsServiceStub(channel)
+            activation = activation_service_pb2_grpc.ActivationServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await segments.GetAudience(
-                    segments_service_pb2.GetAudienceRequest(audience_id="a"), metadata=ADMIN
-                )
+                await activation.ListDestinations(activation_service_pb2.ListDestinationsRequest(), metadata=ADMIN)
     finally:
         await running.stop()
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "audiences and computed traits" in (raised.value.details() or "")
+    assert "destinations, connections and deliveries" in (raised.value.details() or "")
 
 
 async def test_every_reply_carries_a_request_id(stub: ingest_service_pb2_grpc.IngestServiceAsyncStub) -> None:

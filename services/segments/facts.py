@@ -1,0 +1,151 @@
+"""Reading profiles' facts from the read model for the Python evaluator, and writing what it computed back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from services.segments import tables as t
+from services.segments.domain.evaluate import EventFact, ProfileFacts
+from services.segments.domain.values import Doc, flatten
+from services.segments.loading import leaf_rows
+
+CHUNK = 500
+"""Ids per `IN (…)` list: SQLite limits a statement's parameters."""
+
+
+def chunks(ids: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    """`ids` in runs of at most `size`."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def load_facts(session: Session, profile_ids: Sequence[str]) -> dict[str, ProfileFacts]:
+    """Everything conditions may ask of these profiles (profiles without a row get empty facts)."""
+    found = {profile_id: ProfileFacts(profile_id) for profile_id in profile_ids}
+    events: dict[str, list[EventFact]] = {profile_id: [] for profile_id in profile_ids}
+    consent: dict[str, dict[str, bool]] = {profile_id: {} for profile_id in profile_ids}
+    computed: dict[str, dict[str, Doc]] = {profile_id: {} for profile_id in profile_ids}
+    types: dict[str, set[str]] = {profile_id: set() for profile_id in profile_ids}
+    for part in chunks(list(profile_ids)):
+        for profile_id, traits in session.execute(
+            select(t.profiles.c.profile_id, t.profiles.c.traits).where(t.profiles.c.profile_id.in_(part))
+        ):
+            found[profile_id].traits = Doc.of(traits or {})
+        rows = session.execute(
+            select(
+                t.events.c.profile_id,
+                t.events.c.position,
+                t.events.c.time,
+                t.events.c.message_type,
+                t.events.c.name,
+                t.events.c.properties,
+            )
+            .where(t.events.c.profile_id.in_(part))
+            .order_by(t.events.c.time, t.events.c.position)
+        )
+        for profile_id, position, time, message_type, name, properties in rows:
+            events[profile_id].append(EventFact(position, time, message_type, name, Doc.of(properties or {})))
+        for profile_id, purpose, granted in session.execute(
+            select(t.profile_consent).where(t.profile_consent.c.profile_id.in_(part))
+        ):
+            consent[profile_id][purpose] = bool(granted)
+        for profile_id, trait_id, value in session.execute(
+            select(t.computed.c.profile_id, t.computed.c.trait_id, t.computed.c.value).where(
+                t.computed.c.profile_id.in_(part)
+            )
+        ):
+            computed[profile_id][trait_id] = Doc.of(value)
+        for profile_id, identifier_type in session.execute(
+            select(t.subjects.c.profile_id, t.subjects.c.identifier_type).where(
+                t.subjects.c.profile_id.in_(part)
+            )
+        ):
+            if identifier_type:
+                types[profile_id].add(identifier_type)
+    for profile_id, facts in found.items():
+        facts.events = events[profile_id]
+        facts.consent = consent[profile_id]
+        facts.computed = computed[profile_id]
+        facts.identifier_types = frozenset(types[profile_id])
+    return found
+
+
+def fold_traits(session: Session, profile_id: str) -> dict[str, Any]:
+    """The profile's traits: each key's value from its latest identify by event time (ties: later in the log)."""
+    traits: dict[str, Any] = {}
+    rows = session.execute(
+        select(t.events.c.traits)
+        .where(t.events.c.profile_id == profile_id, t.events.c.message_type == "identify")
+        .order_by(t.events.c.time, t.events.c.position)
+    )
+    for (set_traits,) in rows:
+        if isinstance(set_traits, Mapping):
+            traits.update(set_traits)
+    return traits
+
+
+def write_traits(session: Session, profile_id: str, traits: Mapping[str, Any], now: int) -> None:
+    """Store a profile's folded traits, as JSON and as leaves."""
+    exists: Any = session.execute(
+        update(t.profiles)
+        .where(t.profiles.c.profile_id == profile_id)
+        .values(traits=dict(traits), update_time=now)
+    )
+    if not exists.rowcount:
+        session.execute(
+            insert(t.profiles).values(profile_id=profile_id, traits=dict(traits), update_time=now)
+        )
+    session.execute(delete(t.trait_leaves).where(t.trait_leaves.c.profile_id == profile_id))
+    rows = leaf_rows(flatten(dict(traits)), profile_id=profile_id)
+    if rows:
+        session.execute(insert(t.trait_leaves), rows)
+
+
+def write_computed(session: Session, profile_id: str, trait_id: str, value: Any, now: int) -> None:
+    """Store a computed trait's value for a profile (None: no value)."""
+    owner = (t.computed_leaves.c.profile_id == profile_id) & (t.computed_leaves.c.trait_id == trait_id)
+    session.execute(delete(t.computed_leaves).where(owner))
+    session.execute(
+        delete(t.computed).where(t.computed.c.profile_id == profile_id, t.computed.c.trait_id == trait_id)
+    )
+    if value is None:
+        return
+    session.execute(
+        insert(t.computed).values(profile_id=profile_id, trait_id=trait_id, value=value, update_time=now)
+    )
+    rows = leaf_rows(flatten(value), profile_id=profile_id, trait_id=trait_id)
+    if rows:
+        session.execute(insert(t.computed_leaves), rows)
+
+
+def write_consent(session: Session, profile_id: str) -> None:
+    """A profile's consent per purpose: its subjects' latest decisions (the latest in the log wins)."""
+    session.execute(delete(t.profile_consent).where(t.profile_consent.c.profile_id == profile_id))
+    latest: dict[str, tuple[int, bool]] = {}
+    rows = session.execute(
+        select(t.consent.c.purpose, t.consent.c.granted, t.consent.c.position)
+        .join(t.subjects, t.subjects.c.subject_id == t.consent.c.subject_id)
+        .where(t.subjects.c.profile_id == profile_id)
+    )
+    for purpose, granted, position in rows:
+        if purpose not in latest or position > latest[purpose][0]:
+            latest[purpose] = (position, bool(granted))
+    if latest:
+        session.execute(
+            insert(t.profile_consent),
+            [{"profile_id": profile_id, "purpose": p, "granted": g} for p, (_, g) in latest.items()],
+        )
+
+
+def purge_profile(session: Session, profile_id: str) -> None:
+    """Delete everything the read model holds of a profile but its memberships (its events stay with the
+    subjects that still hold them: call after moving those)."""
+    session.execute(delete(t.trait_leaves).where(t.trait_leaves.c.profile_id == profile_id))
+    session.execute(delete(t.computed_leaves).where(t.computed_leaves.c.profile_id == profile_id))
+    session.execute(delete(t.computed).where(t.computed.c.profile_id == profile_id))
+    session.execute(delete(t.profile_consent).where(t.profile_consent.c.profile_id == profile_id))
+    session.execute(delete(t.profiles).where(t.profiles.c.profile_id == profile_id))

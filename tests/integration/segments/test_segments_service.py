@@ -1,0 +1,155 @@
+"""Segments on loopback beside identity, over one SQLite log: define, evaluate live, follow merges and windows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from cdp.common.v1 import identity_pb2
+from cdp.runtime.server import GrpcServer
+from cdp.segments.v1 import segments_service_pb2 as pb
+from cdp.segments.v1 import segments_service_pb2_grpc
+from services.segments.application import SegmentsApp
+from services.segments.main import assemble
+from tests.integration.identity.conftest import ADMIN, Harness, running_harness, settings_for
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, within: float = 60.0) -> T:
+    """Poll until `probe` answers something truthy (the evaluator follows the log in the background)."""
+    deadline = time.monotonic() + within
+    while not (found := await probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within:.0f}s: {what}")
+        await asyncio.sleep(0.05)
+    return found
+
+
+class Cluster:
+    """Identity and segments servers, the identity harness to collect messages, a segments stub."""
+
+    def __init__(
+        self, identity: Harness, stub: segments_service_pb2_grpc.SegmentsServiceAsyncStub, app: SegmentsApp
+    ):
+        self.identity, self.stub, self.app = identity, stub, app
+
+    async def member(self, profile_id: str, audience_id: str) -> bool:
+        reply = await self.stub.CheckMembership(
+            pb.CheckMembershipRequest(
+                profile=identity_pb2.ProfileRef(profile_id=profile_id), audience_ids=[audience_id]
+            ),
+            metadata=ADMIN,
+        )
+        return bool(reply.memberships[0].member)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_harness(settings_for(tmp_path)) as identity:
+        port = int(identity.server.address.rsplit(":", 1)[1])
+        settings = replace(settings_for(tmp_path), identity_port=port)
+        service, app = await assemble(settings)
+        server = GrpcServer(service, settings, port=0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                stub: segments_service_pb2_grpc.SegmentsServiceAsyncStub = (
+                    segments_service_pb2_grpc.SegmentsServiceStub(channel)
+                )
+                yield Cluster(identity, stub, app)
+        finally:
+            await server.stop()
+
+
+async def profile_of(cluster: Cluster, user: str) -> str:
+    async def found() -> str | None:
+        await cluster.identity.settle()
+        ref = identity_pb2.ProfileRef(
+            identifier=identity_pb2.Identifier(type=identity_pb2.IDENTIFIER_TYPE_USER_ID, value=user)
+        )
+        try:
+            reply = await cluster.identity.stub.GetProfile(
+                __import__("cdp.identity.v1.identity_service_pb2", fromlist=["x"]).GetProfileRequest(
+                    profile=ref
+                ),
+                metadata=ADMIN,
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return str(reply.profile.profile_id)
+
+    return await eventually(found, f"identity resolved {user}")
+
+
+async def test_an_audience_in_the_language_follows_events_merges_and_windows(cluster: Cluster) -> None:
+    stub, identity = cluster.stub, cluster.identity
+    await stub.DefineComputedTrait(
+        pb.DefineComputedTraitRequest(
+            computed_trait=pb.ComputedTrait(
+                computed_trait_id="lifetime_value", expression='event("Order Completed").sum("revenue")'
+            )
+        ),
+        metadata=ADMIN,
+    )
+    expression = (
+        'traits.plan = "pro" and event("Order Completed").count(within 30d) >= 2 '
+        'and trait("lifetime_value") > 100'
+    )
+    created = await stub.CreateAudience(
+        pb.CreateAudienceRequest(
+            audience=pb.Audience(
+                audience_id="big_spenders", display_name="Big spenders", expression=expression
+            )
+        ),
+        metadata=ADMIN,
+    )
+    assert created.audience.state == pb.AUDIENCE_STATE_ACTIVE and created.audience.size == 0
+    now = datetime.now(UTC)
+    await identity.collect("identify", at=now, userId="u1", traits={"plan": "pro"})
+    # One order well inside the window, one that leaves it a few seconds from now.
+    await identity.collect("track", at=now, event="Order Completed", userId="u1", properties={"revenue": 80})
+    leaving = now - timedelta(days=30) + timedelta(seconds=4)
+    await identity.collect(
+        "track", at=leaving, event="Order Completed", userId="u1", properties={"revenue": 40}
+    )
+    profile = await profile_of(cluster, "u1")
+
+    async def entered() -> bool:
+        return await cluster.member(profile, "big_spenders")
+
+    await eventually(entered, "u1 entered big_spenders")
+    members = [
+        m async for m in stub.ListMembers(pb.ListMembersRequest(audience_id="big_spenders"), metadata=ADMIN)
+    ]
+    assert [m.profile_id for chunk in members for m in chunk.members] == [profile]
+    preview = await stub.PreviewAudience(
+        pb.PreviewAudienceRequest(expression=expression, sample_size=5), metadata=ADMIN
+    )
+    assert preview.size == 1 and list(preview.sample_profile_ids) == [profile]
+
+    # A second, anonymous visitor who bought for 500 joins u1 by an alias: the merged history still qualifies.
+    async def exited() -> bool:
+        await cluster.app.tick()
+        return not await cluster.member(profile, "big_spenders")
+
+    await eventually(exited, "u1 exited big_spenders as its older order left the 30-day window", within=60)
+    await cluster.app.reactor.wait_for(await identity.store.head_position(), within=60)  # changes recorded
+    stats = await stub.GetAudienceStats(
+        pb.GetAudienceStatsRequest(audience_id="big_spenders"), metadata=ADMIN
+    )
+    assert (stats.size, stats.entered_count, stats.exited_count) == (0, 1, 1)
+
+    await identity.collect(
+        "track", at=now, event="Order Completed", anonymousId="anon-9", properties={"revenue": 500}
+    )
+    await identity.collect("alias", at=now, userId="u1", previousId="anon-9", anonymousId="anon-9")
+    await eventually(entered, "u1 re-entered big_spenders once anon-9's order merged into its profile")
