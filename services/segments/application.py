@@ -28,7 +28,7 @@ from cdp.events import AudienceArchived, AudienceDefined, ComputedTraitDefined, 
 from cdp.reactor import Reactor
 from services.segments import queries as q
 from services.segments.domain import checks, codec
-from services.segments.domain.conditions import Aggregate, Band, Condition
+from services.segments.domain.conditions import Aggregate, Band, ComputedCond, Condition, walk
 from services.segments.domain.errors import DefinitionError
 from services.segments.domain.language import parse_aggregate, parse_condition, render, render_aggregate
 from services.segments.domain.times import moment
@@ -79,6 +79,11 @@ class SegmentsApp:
                 raise InvalidInput.field("audience.condition", "is required (or audience.expression)")
             condition = _defined(lambda: parse_condition(expression))
         condition = _defined(lambda: checks.resolve_bands(condition, self._bands))
+        if any(isinstance(node, ComputedCond) and node.cond.path for node in walk(condition)):
+            # The contract's ComputedTraitCondition has no path yet, so such an audience could not be returned.
+            raise InvalidInput.field(
+                "audience.condition", "a path into a computed trait's value is not supported yet"
+            )
         _defined(lambda: checks.check_depth(condition))
         definitions = self.policy.definitions
         _defined(
