@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import json_format
@@ -17,14 +19,24 @@ from services.identity import convert
 from services.identity.application import IdentityApp
 from services.identity.queries import ProfileQuery
 
+AudienceMembers = Callable[[str], Awaitable[frozenset[str]]]
+"""An audience id → its current members' profile ids (segments answers this question, over gRPC)."""
+
 SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"]
 
 
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     """The `cdp.identity.v1.IdentityService` implementation (every method needs the admin token)."""
 
-    def __init__(self, app: IdentityApp, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        app: IdentityApp,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        audience_members: AudienceMembers | None = None,
+    ) -> None:
         self._app = app
+        self._audience_members = audience_members
         self._budget = convert.reply_budget(max_message_bytes)
 
     async def Resolve(self, request: pb.ResolveRequest, context: Any) -> pb.ResolveResponse:
@@ -56,6 +68,11 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> pb.ListProfilesResponse:
         """A page of profiles matching the filter."""
         query = _profile_query(request.filter)
+        if request.filter.audience_id:
+            if self._audience_members is None:
+                raise NotBuiltYet("audience filter of ListProfiles without a segments service")
+            members = await self._audience_members(request.filter.audience_id)
+            query = dataclasses.replace(query, members=tuple(sorted(members)))
         mask = convert.read_mask(request.read_mask.paths)
         after = paging.decode_token(request.page.page_token, "profiles")
         records, more = await self._app.list_profiles(query, after, paging.page_size(request.page.page_size))
@@ -136,8 +153,6 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
 
 def _profile_query(message: pb.ProfileFilter) -> ProfileQuery:
-    if message.audience_id:
-        raise NotBuiltYet("audience filter of ListProfiles (audiences live in the segments service)")
     types = tuple(
         convert.TYPE_NAMES.get(t, "")
         for t in message.identifier_types
