@@ -379,7 +379,7 @@ class _Compiler:
         e = source if e is None else e
         test = self.test(node.op, node.value, None, _Leaf(NUMBER, num=value))
         where = self.chosen(node.aggregate, e)
-        if False:
+        if zero and _zero_holds(node, self.now):
             # 0 satisfies the comparison: every profile does but those with a group that fails it.
             failing = _not(test)
             if isinstance(failing, False_):
@@ -447,7 +447,7 @@ class _Compiler:
                 e.c.profile_id == before.c.profile_id,
                 or_(
                     e.c.time > before.c.time,
-                    and_(e.c.time == before.c.time, e.c.position > before.c.position),
+                    and_(e.c.time == before.c.time, e.c.position >= before.c.position),
                 ),
                 self.matching(node.steps[k], e),
             ]
