@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import create_engine
 
+from cdp.activation.v1 import activation_service_pb2, activation_service_pb2_grpc
 from cdp.common.v1 import identity_pb2, message_pb2, paging_pb2, time_pb2
 from cdp.errors import RETRY_AFTER_SECONDS
 from cdp.eventlog import EventStoreUnavailable
@@ -37,10 +38,9 @@ from cdp.runtime.errors import field_violations
 from cdp.runtime.placeholders import with_placeholders
 from cdp.runtime.server import GrpcServer, ServiceApp
 from cdp.runtime.settings import Settings
-from cdp.activation.v1 import activation_service_pb2, activation_service_pb2_grpc
 from cdp.sqlengine import create_sql_engine
-from services.ingest.main import build
 from services.activation.main import build as build_activation
+from services.ingest.main import build
 
 WRITE_KEY = (("authorization", "Bearer dev-write-key"),)
 IDENTITY = identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"]
@@ -131,7 +131,9 @@ async def test_a_capability_not_built_yet_answers_unimplemented_naming_it(tmp_pa
         async with grpc.aio.insecure_channel(running.address) as channel:
             activation = activation_service_pb2_grpc.ActivationServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await activation.ListDestinations(activation_service_pb2.ListDestinationsRequest(), metadata=ADMIN)
+                await activation.ListDestinations(
+                    activation_service_pb2.ListDestinationsRequest(), metadata=ADMIN
+                )
     finally:
         await running.stop()
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
