@@ -447,7 +447,7 @@ class _Compiler:
                 e.c.profile_id == before.c.profile_id,
                 or_(
                     e.c.time > before.c.time,
-                    and_(e.c.time == before.c.time, e.c.position >= before.c.position),
+                    and_(e.c.time == before.c.time, e.c.position > before.c.position),
                 ),
                 self.matching(node.steps[k], e),
             ]

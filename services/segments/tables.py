@@ -88,8 +88,10 @@ trait_leaves = Table(
     metadata,
     Column("profile_id", String(36), nullable=False),
     *_leaf_columns(),
-    Index("segments_trait_leaves_by_path", "path", "kind", "text"),
-    Index("segments_trait_leaves_by_profile", "profile_id"),
+    # Compiled conditions look a profile's leaves up by path (`sqlcompile`: correlated EXISTS per profile). No
+    # index leads with the path: without statistics SQLite would pick it for those lookups and scan every
+    # profile's leaves at that path once per profile.
+    Index("segments_trait_leaves_by_profile", "profile_id", "path"),
 )
 
 computed = Table(
@@ -107,8 +109,7 @@ computed_leaves = Table(
     Column("profile_id", String(36), nullable=False),
     Column("trait_id", String(80), nullable=False),
     *_leaf_columns(),
-    Index("segments_computed_leaves_by_trait", "trait_id", "path", "num"),
-    Index("segments_computed_leaves_by_profile", "profile_id"),
+    Index("segments_computed_leaves_by_profile", "profile_id", "trait_id", "path"),  # as trait leaves
 )
 
 consent = Table(

@@ -4,6 +4,7 @@ conditions often hit, values of every kind meet every operator, and windows cut 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,11 @@ def documents(depth: int = 2) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(names, value, max_size=5)
 
 
+trait_documents = documents(2)
+flat_documents = documents(0)
+computed_values = st.one_of(scalars, lists, flat_documents)
+
+
 @dataclass(frozen=True)
 class Population:
     """Profiles, events nobody is known to have done yet, and audience definitions."""
@@ -109,7 +115,7 @@ event_names = st.sampled_from(("Order", "View", None))
 message_types = st.sampled_from(("track", "track", "page"))
 small = st.integers(0, 3)
 event_properties = st.fixed_dictionaries(
-    {"amount": st.one_of(small, small, small, scalars)},
+    {"amount": st.one_of(small, small, small, st.booleans(), scalars)},
     optional={
         "item": st.one_of(st.sampled_from(("pro", "Pro", "a%b")), scalars),
         "tags": st.lists(scalars, max_size=3),
@@ -148,12 +154,12 @@ def populations(draw: st.DrawFn, max_profiles: int = 8) -> Population:
         profiles.append(
             ProfileRecord(
                 profile_id=profile_id,
-                traits=draw(documents()),
+                traits=draw(trait_documents),
                 events=records(drafted),
                 computed=draw(
                     st.dictionaries(
                         st.sampled_from(("ltv", "favorite")),
-                        st.one_of(scalars, lists, documents(0)),
+                        computed_values,
                         max_size=2,
                     )
                 ),
@@ -166,55 +172,13 @@ def populations(draw: st.DrawFn, max_profiles: int = 8) -> Population:
     return Population(tuple(profiles), records(loose))
 
 
-# Conditions: drawn from `Pools`, which a case makes of what its population holds, so that they often hit.
+# Conditions: drawn from a `Grammar`, which a case makes of what its population holds, so that they often hit.
 
 TRAIT_PATHS = ("plan", "age", "tags", "address", "address.plan", "a.b", "a", "flag", "missing")
 PROPERTY_PATHS = ("amount", "item", "tags", "when", "missing")
 COMPUTED_PATHS = ("", "plan", "a.b")
-
-
-@dataclass(frozen=True)
-class Pools:
-    """What conditions compare: values, and paths into traits, event properties and computed values."""
-
-    values: st.SearchStrategy[Any] = scalars
-    trait_paths: st.SearchStrategy[str] = st.sampled_from(TRAIT_PATHS)  # noqa: RUF009 - immutable strategies, shared on purpose
-    property_paths: st.SearchStrategy[str] = st.sampled_from(PROPERTY_PATHS)  # noqa: RUF009 - immutable strategies, shared on purpose
-    computed_paths: st.SearchStrategy[str] = st.sampled_from(COMPUTED_PATHS)  # noqa: RUF009 - immutable strategies, shared on purpose
-
-    @classmethod
-    def of(cls, population: Population) -> Pools:
-        """Mostly what the population holds, sometimes anything."""
-        values: dict[str, Any] = {}
-        traits: set[str] = set()
-        properties: set[str] = set()
-        computed: set[str] = set()
-        for record in population.profiles:
-            documents = [
-                (dict(record.traits), traits),
-                *((dict(e.properties), properties) for e in record.events),
-                *((value, computed) for value in record.computed.values() if value is not None),
-            ]
-            for document, paths in documents:
-                for leaf in flatten(document):
-                    paths.add(leaf.path)
-                    if leaf.kind in SCALAR_KINDS or leaf.kind == NULL:
-                        values.setdefault(leaf.key or "null", value_of(leaf))
-        return cls(
-            _mostly(sorted(values.values(), key=repr), scalars),
-            _mostly(sorted(traits), st.sampled_from(TRAIT_PATHS)),
-            _mostly(sorted(properties), st.sampled_from(PROPERTY_PATHS)),
-            _mostly(sorted(computed), st.sampled_from(COMPUTED_PATHS)),
-        )
-
-
-def _mostly(seen: list[Any], otherwise: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.sampled_from(seen), st.sampled_from(seen), otherwise) if seen else otherwise
-
-
-DEFAULT = Pools(
-    scalars, st.sampled_from(TRAIT_PATHS), st.sampled_from(PROPERTY_PATHS), st.sampled_from(COMPUTED_PATHS)
-)
+TEXT_OPS = (Op.CONTAINS, Op.STARTS_WITH, Op.ENDS_WITH)
+COMPARISONS = (Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE)
 bands = st.builds(
     Band,
     attribute=st.just("age"),
@@ -222,34 +186,6 @@ bands = st.builds(
     lower=st.one_of(st.none(), st.sampled_from((-1.0, 0.0, 2.0))),
     upper=st.one_of(st.none(), st.sampled_from((1.0, 3.0, 10.0))),
 )
-
-
-@st.composite
-def value_conds(draw: st.DrawFn, path: st.SearchStrategy[str], pools: Pools = DEFAULT) -> ValueCond:
-    """A field compared with a value that suits the operator (mostly) or not (sometimes)."""
-    op = draw(st.sampled_from(list(Op)))
-    band = None
-    value: Any
-    if op in (Op.IN, Op.NOT_IN):
-        value = tuple(draw(st.lists(pools.values, max_size=3)))
-    elif op is Op.WITHIN_LAST:
-        value = draw(st.one_of(st.sampled_from((60, 3600, 7200, 10**6, 0.5, 60.0)), pools.values))
-    elif op is Op.IN_BAND:
-        band = draw(st.one_of(bands, st.none()))
-        value = "band"
-    elif op in (Op.EXISTS, Op.NOT_EXISTS):
-        value = None
-    elif op in (Op.CONTAINS, Op.STARTS_WITH, Op.ENDS_WITH) and draw(st.booleans()):
-        seen = draw(pools.values)  # a piece of a value the population holds
-        if isinstance(seen, str):
-            start = draw(st.integers(0, len(seen)))
-            seen = seen[start : draw(st.integers(start, len(seen)))]
-        value = seen
-    else:
-        value = draw(pools.values)
-    return ValueCond(draw(path), op, value, band)
-
-
 windows = st.one_of(
     st.just(ALL_TIME),
     st.just(ALL_TIME),
@@ -260,82 +196,161 @@ windows = st.one_of(
         end=st.one_of(st.none(), st.sampled_from(OFFSETS).map(lambda o: NOW + o)),
     ),
 )
+trait_paths = st.sampled_from(TRAIT_PATHS)
+property_paths = st.sampled_from(PROPERTY_PATHS)
+computed_paths = st.sampled_from(COMPUTED_PATHS)
+operators = st.one_of(st.sampled_from(list(Op)), st.sampled_from(TEXT_OPS), st.sampled_from(COMPARISONS))
 
 
-def specs(pools: Pools = DEFAULT) -> st.SearchStrategy[EventSpec]:
-    return st.builds(
-        EventSpec,
-        message_type=st.sampled_from(("track", "track", "track", "page")),
-        name=st.sampled_from((None, None, "Order", "View")),
-        where=st.one_of(
-            st.just(()), st.lists(value_conds(pools.property_paths, pools), max_size=2).map(tuple)
-        ),
-    )
+Pair = tuple[str, Any]
+"""A path and a scalar found there (list elements included)."""
 
 
-@st.composite
-def event_conds(draw: st.DrawFn, pools: Pools = DEFAULT) -> EventCond:
-    agg = draw(st.sampled_from(sorted(CONDITION_AGGS)))
-    prop = (
-        None if agg is Agg.COUNT else draw(st.one_of(pools.property_paths, st.sampled_from(("amount", None))))
-    )
-    aggregate = Aggregate(draw(specs(pools)), agg, prop, draw(windows))
-    if draw(st.booleans()):  # counts and sums compared with small integers: these hit
-        comparison = draw(st.sampled_from((Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE)))
-        return EventCond(aggregate, comparison, draw(st.integers(-1, 4)))
-    cond = draw(value_conds(st.just(""), pools))
-    return EventCond(aggregate, cond.op, cond.value)
+class Grammar:
+    """Strategies for conditions (built once per case: building strategies is what costs). Conditions are
+    mostly on a (path, value) pair the population holds, so that they hit; sometimes on anything."""
+
+    def __init__(
+        self,
+        values: st.SearchStrategy[Any] = scalars,
+        traits: Sequence[Pair] = (),
+        properties: Sequence[Pair] = (),
+        computed: Sequence[Pair] = (),
+    ) -> None:
+        self.values = values
+        self.specs = st.builds(
+            EventSpec,
+            message_type=st.sampled_from(("track", "track", "track", "page")),
+            name=st.sampled_from((None, None, "Order", "View")),
+            where=st.one_of(
+                st.just(()), st.lists(self.value_conds(property_paths, properties), max_size=2).map(tuple)
+            ),
+        )
+        self.aggregated = st.one_of(property_paths, st.sampled_from(("amount", None)))
+        self.event_value = self.value_conds(st.just(""), ())
+        self.leaves: st.SearchStrategy[Condition] = st.one_of(
+            st.builds(TraitCond, self.value_conds(trait_paths, traits)),
+            self.event_conds(),
+            st.builds(
+                ComputedCond,
+                trait_id=st.sampled_from(("ltv", "favorite", "unknown")),
+                cond=self.value_conds(computed_paths, computed),
+            ),
+            st.builds(ConsentCond, st.sampled_from(("marketing", "ads", "analytics"))),
+            st.builds(IdentifierCond, st.sampled_from(("email", "phone", "device"))),
+            st.builds(
+                Funnel,
+                steps=st.lists(self.specs, min_size=1, max_size=3).map(tuple),
+                within=st.one_of(st.none(), st.sampled_from(WITHINS)),
+            ),
+        )
+
+    @classmethod
+    def of(cls, population: Population) -> Grammar:
+        """The grammar of conditions on what this population holds."""
+        values: dict[str, Any] = {}
+        traits: dict[tuple[str, str], Pair] = {}
+        properties: dict[tuple[str, str], Pair] = {}
+        computed: dict[tuple[str, str], Pair] = {}
+        for record in population.profiles:
+            documents = [
+                (dict(record.traits), traits),
+                *((dict(e.properties), properties) for e in record.events),
+                *((value, computed) for value in record.computed.values() if value is not None),
+            ]
+            for document, pairs in documents:
+                for leaf in flatten(document):
+                    if leaf.kind in SCALAR_KINDS or leaf.kind == NULL:
+                        value = value_of(leaf)
+                        values.setdefault(leaf.key or "null", value)
+                        pairs.setdefault((leaf.path, leaf.key or "null"), (leaf.path, value))
+        ordered = sorted(values.values(), key=repr)
+        values_drawn = st.one_of(st.sampled_from(ordered), scalars) if ordered else scalars
+        return cls(
+            values_drawn,
+            sorted(traits.values(), key=repr),
+            sorted(properties.values(), key=repr),
+            sorted(computed.values(), key=repr),
+        )
+
+    def value_conds(
+        self, paths: st.SearchStrategy[str], pairs: Sequence[Pair]
+    ) -> st.SearchStrategy[ValueCond]:
+        """A field compared with a value that suits the operator (mostly) or not (sometimes): two times in
+        three a path and value the population holds (the value changed to suit the operator)."""
+        values = self.values
+        held = st.sampled_from(pairs) if pairs else None
+
+        @st.composite
+        def drawn(draw: st.DrawFn) -> ValueCond:
+            op = draw(operators)
+            if held is not None and draw(st.integers(0, 2)) > 0:
+                path, value = draw(held)
+            else:
+                path, value = draw(paths), draw(values)
+            band = None
+            if op in (Op.IN, Op.NOT_IN):
+                value = (value, *draw(st.lists(values, max_size=2)))
+            elif op is Op.WITHIN_LAST:
+                value = draw(st.sampled_from((60, 3600, 7200, 10**6, 0.5, 60.0, value)))
+            elif op is Op.IN_BAND:
+                band = draw(st.one_of(bands, st.none()))
+                value = "band"
+            elif op in (Op.EXISTS, Op.NOT_EXISTS):
+                value = None
+            elif op in TEXT_OPS and isinstance(value, str) and draw(st.booleans()):
+                value = _piece(draw, value, op)
+            elif op in COMPARISONS and isinstance(value, int) and not isinstance(value, bool):
+                value += draw(st.sampled_from((0, 0, -1, 1)))
+            return ValueCond(path, op, value, band)
+
+        return drawn()
+
+    def event_conds(self) -> st.SearchStrategy[EventCond]:
+        @st.composite
+        def drawn(draw: st.DrawFn) -> EventCond:
+            agg = draw(st.sampled_from(sorted(CONDITION_AGGS)))
+            prop = None if agg is Agg.COUNT else draw(self.aggregated)
+            aggregate = Aggregate(draw(self.specs), agg, prop, draw(windows))
+            if draw(st.booleans()):  # counts and sums compared with small integers: these hit
+                return EventCond(aggregate, draw(st.sampled_from(COMPARISONS)), draw(st.integers(-1, 4)))
+            cond = draw(self.event_value)
+            return EventCond(aggregate, cond.op, cond.value)
+
+        return drawn()
+
+    def trees(self, audience_ids: tuple[str, ...] = (), depth: int = 4) -> st.SearchStrategy[Condition]:
+        """Trees at most `depth` deep, naming only the given audiences; about half the nodes are And/Or/Not."""
+
+        @st.composite
+        def drawn(draw: st.DrawFn, depth: int) -> Condition:
+            if depth <= 1 or draw(st.booleans()):
+                if audience_ids and draw(st.integers(0, 5)) == 0:
+                    return AudienceCond(draw(st.sampled_from(audience_ids)))
+                return draw(self.leaves)
+            kind = draw(st.sampled_from(("and", "or", "not")))
+            if kind == "not":
+                return Not(draw(drawn(depth - 1)))
+            parts = tuple(draw(drawn(depth - 1)) for _ in range(draw(st.integers(1, 3))))
+            return And(parts) if kind == "and" else Or(parts)
+
+        return drawn(depth)
 
 
-def leaves(pools: Pools = DEFAULT) -> st.SearchStrategy[Condition]:
-    """Every kind of leaf condition."""
-    return st.one_of(
-        st.builds(TraitCond, value_conds(pools.trait_paths, pools)),
-        event_conds(pools),
-        st.builds(
-            ComputedCond,
-            trait_id=st.sampled_from(("ltv", "favorite", "unknown")),
-            cond=value_conds(pools.computed_paths, pools),
-        ),
-        st.builds(ConsentCond, st.sampled_from(("marketing", "ads", "analytics"))),
-        st.builds(IdentifierCond, st.sampled_from(("email", "phone", "device"))),
-        st.builds(
-            Funnel,
-            steps=st.lists(specs(pools), min_size=1, max_size=3).map(tuple),
-            within=st.one_of(st.none(), st.sampled_from(WITHINS)),
-        ),
-    )
-
-
-@st.composite
-def trees(
-    draw: st.DrawFn, audience_ids: tuple[str, ...] = (), depth: int = 4, pools: Pools = DEFAULT
-) -> Condition:
-    """Trees at most `depth` deep, naming only the given audiences; about half the nodes are And/Or/Not."""
-    if depth <= 1 or draw(st.booleans()):
-        if audience_ids and draw(st.integers(0, 5)) == 0:
-            return AudienceCond(draw(st.sampled_from(audience_ids)))
-        return draw(leaves(pools))
-    below = trees(audience_ids, depth - 1, pools)
-    kind = draw(st.sampled_from(("and", "or", "not")))
-    if kind == "not":
-        return Not(draw(below))
-    parts = tuple(draw(st.lists(below, min_size=1, max_size=3)))
-    return And(parts) if kind == "and" else Or(parts)
-
-
-@st.composite
-def audiences(draw: st.DrawFn, pools: Pools = DEFAULT) -> dict[str, Condition | None]:
-    """Definitions without cycles: `a1` names none, `a2` may name `a1`, `gone` is archived (None)."""
-    first = draw(trees((), 2, pools))
-    second = draw(trees(("a1", "gone"), 2, pools))
-    return {"a1": first, "a2": second, "gone": None}
+def _piece(draw: st.DrawFn, text: str, op: Op) -> str:
+    """A prefix, suffix or middle part of a string, as the operator would find it."""
+    cut = draw(st.integers(0, len(text)))
+    if op is Op.STARTS_WITH:
+        return text[:cut]
+    if op is Op.ENDS_WITH:
+        return text[cut:]
+    return text[cut : draw(st.integers(cut, len(text)))]
 
 
 @dataclass(frozen=True)
 class Case:
-    """A population, a tree (which may name `a1`, `a2`, `gone`, `never-defined`), the audiences' definitions,
-    and more leaf conditions to check on the same population."""
+    """A population, a tree (which may name `a1`, `a2`, `gone`, `never-defined`), the audiences' definitions
+    (`a1` names none, `a2` may name `a1`, `gone` is archived), and more leaf conditions to check."""
 
     population: Population
     tree: Condition
@@ -344,13 +359,17 @@ class Case:
 
 
 @st.composite
-def cases(draw: st.DrawFn, max_profiles: int = 8, extra: int = 8) -> Case:
+def cases(draw: st.DrawFn, max_profiles: int = 8, extra: int = 12) -> Case:
     """A case whose conditions compare mostly with the paths and values its population holds."""
     population = draw(populations(max_profiles))
-    pools = Pools.of(population)
-    definitions = draw(audiences(pools))
-    tree = draw(trees(("a1", "a2", "gone", "never-defined"), 4, pools))
-    more = tuple(draw(st.lists(leaves(pools), min_size=extra, max_size=extra)))
+    grammar = Grammar.of(population)
+    definitions: dict[str, Condition | None] = {
+        "a1": draw(grammar.trees((), 2)),
+        "a2": draw(grammar.trees(("a1", "gone"), 2)),
+        "gone": None,
+    }
+    tree = draw(grammar.trees(("a1", "a2", "gone", "never-defined"), 4))
+    more = tuple(draw(grammar.leaves) for _ in range(extra))
     return Case(population, tree, definitions, more)
 
 

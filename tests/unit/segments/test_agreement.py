@@ -17,7 +17,7 @@ ENGINE = create_engine("sqlite://", poolclass=StaticPool)
 tables.metadata.create_all(ENGINE)
 
 
-@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
 def test_sql_selects_what_python_accepts(case: Case) -> None:
     assert_agree(ENGINE, case)
