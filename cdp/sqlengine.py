@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,16 @@ POSTGRES_KEEPALIVES: dict[str, int] = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+
+
+IN_LIST_CHUNK = 500
+"""Items per `IN (…)` list or multi-row insert: within every backend's limit on a statement's parameters."""
+
+
+def chunks(items: Sequence[Any], size: int = IN_LIST_CHUNK) -> Iterator[Sequence[Any]]:
+    """`items` in runs of at most `size`, for `IN (…)` lists and multi-row inserts."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def postgres_timeouts(named: Iterable[str], timeout: float = DEPENDENCY_TIMEOUT) -> dict[str, int]:

@@ -29,9 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.keyring.store import ERASED, KeyStore, StoredSubject, WrappedKey
-from cdp.sqlengine import DEPENDENCY_TIMEOUT, create_sql_engine
-
-_CHUNK = 500
+from cdp.sqlengine import DEPENDENCY_TIMEOUT, chunks, create_sql_engine
 
 
 class SqlKeyStore(KeyStore):
@@ -69,10 +67,10 @@ class SqlKeyStore(KeyStore):
         subjects = list(keys)
         with self._write() as conn:
             now = datetime.now(UTC)
-            for chunk in _chunks(subjects):
+            for chunk in chunks(subjects):
                 conn.execute(self._insert_ignore(), [_key_row(s, keys[s], now) for s in chunk])
             erased = self._erased(conn, subjects)
-            for chunk in _chunks(sorted(erased)):
+            for chunk in chunks(sorted(erased)):
                 conn.execute(delete(self._keys).where(self._keys.c.subject_id.in_(chunk)))
             return self._read(conn, subjects)
 
@@ -117,7 +115,7 @@ class SqlKeyStore(KeyStore):
     def _read(self, conn: Connection, subjects: list[str]) -> dict[str, StoredSubject]:
         """Stored state of each known subject; tombstones override any key rows."""
         found: dict[str, list[WrappedKey]] = {}
-        for chunk in _chunks(subjects):
+        for chunk in chunks(subjects):
             query = select(self._keys).where(self._keys.c.subject_id.in_(chunk)).order_by("version")
             for row in conn.execute(query):
                 found.setdefault(row.subject_id, []).append(_wrapped(row))
@@ -128,7 +126,7 @@ class SqlKeyStore(KeyStore):
     def _erased(self, conn: Connection, subjects: list[str]) -> set[str]:
         """Which of `subjects` have a tombstone."""
         erased: set[str] = set()
-        for chunk in _chunks(subjects):
+        for chunk in chunks(subjects):
             query = select(self._erasures.c.subject_id).where(self._erasures.c.subject_id.in_(chunk))
             erased.update(conn.scalars(query))
         return erased
@@ -183,9 +181,3 @@ def _key_row(subject: str, key: WrappedKey, now: datetime) -> dict[str, object]:
 def _wrapped(row: Any) -> WrappedKey:
     """A data_keys row as a WrappedKey."""
     return WrappedKey(row.version, row.master_key_id, bytes(row.wrapped_key))
-
-
-def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
-    """Keep IN-lists and multi-row inserts within every backend's parameter limits."""
-    for start in range(0, len(items), _CHUNK):
-        yield list(items[start : start + _CHUNK])

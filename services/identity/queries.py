@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from cdp.sqlengine import chunks
 from services.identity.domain.history import micros
 from services.identity.readmodel import (
     State,
-    chunks,
     decisions,
     from_micros,
     histories,

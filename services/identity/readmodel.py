@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from cdp.sqlengine import chunks
 from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split, decided_at
 from services.identity.domain.graph import Graph, Link, Node
 from services.identity.domain.history import EPOCH, History, fold, micros
@@ -102,16 +103,6 @@ rules_table = Table(
     Column("version", BigInteger, nullable=False),
     Column("data", JSON, nullable=False),
 )
-
-CHUNK = 500
-"""Ids per `IN (…)` list: SQLite limits a statement's parameters."""
-
-
-def chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
-    """`ids` in runs of at most `CHUNK`, for `IN (…)` lists."""
-    for start in range(0, len(ids), CHUNK):
-        yield ids[start : start + CHUNK]
-
 
 HISTORY_CACHE = 100_000
 """Histories kept in memory between batches; the graph itself is always whole in memory."""

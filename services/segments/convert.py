@@ -520,9 +520,9 @@ def _write_window(window: Window, into: pb.EventCondition | pb.ComputedTrait) ->
     if window.within is not None:
         into.within_last.CopyFrom(_duration(window.within))
     if window.start is not None:
-        into.between.start.CopyFrom(_timestamp(window.start))
+        into.between.start.CopyFrom(timestamp_message(window.start))
     if window.end is not None:
-        into.between.end.CopyFrom(_timestamp(window.end))
+        into.between.end.CopyFrom(timestamp_message(window.end))
 
 
 def _duration(micros: int) -> duration_pb2.Duration:
@@ -530,7 +530,8 @@ def _duration(micros: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=seconds, nanos=rest * 1_000)
 
 
-def _timestamp(micros: int) -> timestamp_pb2.Timestamp:
+def timestamp_message(micros: int) -> timestamp_pb2.Timestamp:
+    """µs since the epoch as a protobuf Timestamp."""
     seconds, rest = divmod(micros, 1_000_000)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1_000)
 

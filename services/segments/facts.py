@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from cdp.sqlengine import chunks
 from services.segments import tables as t
 from services.segments.domain.evaluate import EventFact, ProfileFacts
 from services.segments.domain.values import Doc, flatten
 from services.segments.loading import leaf_rows
-
-CHUNK = 500
-"""Ids per `IN (…)` list: SQLite limits a statement's parameters."""
-
-
-def chunks(ids: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    """`ids` in runs of at most `size`."""
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 def load_facts(session: Session, profile_ids: Sequence[str]) -> dict[str, ProfileFacts]:

@@ -17,7 +17,6 @@ from cdp.segments.v1 import segments_service_pb2_grpc
 from services.segments import convert
 from services.segments.application import AudienceDraft, SegmentsApp, TraitDraft
 from services.segments.domain import codec
-from services.segments.domain.times import moment
 from services.segments.queries import AudienceRecord, TraitRecord
 
 SERVICE = pb.DESCRIPTOR.services_by_name["SegmentsService"]
@@ -103,7 +102,9 @@ class SegmentsServicer(segments_service_pb2_grpc.SegmentsServiceServicer):
         size, ids, now = await asyncio.to_thread(
             self._app.preview, condition, request.expression, request.sample_size
         )
-        return pb.PreviewAudienceResponse(size=size, sample_profile_ids=ids, evaluate_time=_timestamp(now))
+        return pb.PreviewAudienceResponse(
+            size=size, sample_profile_ids=ids, evaluate_time=convert.timestamp_message(now)
+        )
 
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: Any
@@ -121,7 +122,9 @@ class SegmentsServicer(segments_service_pb2_grpc.SegmentsServiceServicer):
                 return
             yield pb.ListMembersResponse(
                 members=[
-                    pb.AudienceMember(profile_id=m.profile_id, enter_time=_timestamp(m.enter_time))
+                    pb.AudienceMember(
+                        profile_id=m.profile_id, enter_time=convert.timestamp_message(m.enter_time)
+                    )
                     for m in members
                 ]
             )
@@ -145,7 +148,9 @@ class SegmentsServicer(segments_service_pb2_grpc.SegmentsServiceServicer):
                 pb.AudienceMembership(
                     audience_id=m.audience_id,
                     member=m.member,
-                    change_time=_timestamp(m.change_time) if m.change_time is not None else None,
+                    change_time=convert.timestamp_message(m.change_time)
+                    if m.change_time is not None
+                    else None,
                 )
                 for m in found
             ],
@@ -166,7 +171,7 @@ class SegmentsServicer(segments_service_pb2_grpc.SegmentsServiceServicer):
                 audience_id=row.audience_id,
                 profile_id=row.profile_id,
                 kind=pb.MEMBERSHIP_CHANGE_KIND_ENTERED if row.entered else pb.MEMBERSHIP_CHANGE_KIND_EXITED,
-                change_time=_timestamp(row.time),
+                change_time=convert.timestamp_message(row.time),
                 resume_token=paging.encode_token("memberships", str(position)),
                 reason=row.reason,
                 changed_conditions=list(row.changed or ()),
@@ -188,7 +193,7 @@ class SegmentsServicer(segments_service_pb2_grpc.SegmentsServiceServicer):
             size=size,
             entered_count=entered,
             exited_count=exited,
-            history=[pb.SizePoint(time=_timestamp(at), size=count) for at, count in points],
+            history=[pb.SizePoint(time=convert.timestamp_message(at), size=count) for at, count in points],
         )
 
     async def DefineComputedTrait(
@@ -251,8 +256,8 @@ def _audience(record: AudienceRecord) -> pb.Audience:
         state=STATES.get(record.state, pb.AUDIENCE_STATE_UNSPECIFIED),
         version=record.version,
         size=record.size,
-        create_time=_timestamp(record.create_time),
-        update_time=_timestamp(record.update_time),
+        create_time=convert.timestamp_message(record.create_time),
+        update_time=convert.timestamp_message(record.update_time),
         expression=record.expression,
     )
     message.created_by.id = record.created_by
@@ -265,7 +270,7 @@ def _trait(record: TraitRecord) -> pb.ComputedTrait:
         display_name=record.display_name,
         description=record.description,
         version=record.version,
-        update_time=_timestamp(record.update_time),
+        update_time=convert.timestamp_message(record.update_time),
         expression=record.expression,
     )
     convert.aggregate_to_proto(codec.aggregate_from_json(record.definition), message)
@@ -279,12 +284,6 @@ def _actor() -> str:
 def _required(value: str, path: str) -> None:
     if not value:
         raise InvalidInput.field(path, "is required")
-
-
-def _timestamp(at: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment(at))
-    return stamp
 
 
 def _micros(stamp: timestamp_pb2.Timestamp) -> int:

@@ -46,7 +46,7 @@ from cdp.events.ingest import PAYLOAD_CONTEXT
 from cdp.keyring import DecryptionFailed, Keyring, decrypt_value_with
 from cdp.keyring import SubjectErased as KeyErased
 from cdp.reactor import Policy, derived_id
-from cdp.sqlengine import read_only
+from cdp.sqlengine import chunks, read_only
 from services.segments import facts as f
 from services.segments import sqlcompile
 from services.segments import tables as t
@@ -146,6 +146,12 @@ class _Batch:
     def touch(self, profile_id: str, reason: str) -> None:
         if profile_id:
             self.touched.setdefault(profile_id, reason)
+
+
+_MISSING = object()
+"""A message `prepare` did not open (decide opens it itself)."""
+_UNREAD = object()
+"""A membership row the caller has not read."""
 
 
 class Segmentation(Policy):
@@ -284,10 +290,12 @@ class Segmentation(Policy):
                 payload = None
         if payload is None or event.message_type not in CARRIED:
             return  # shredded: nothing of this person may reach the read model
-        properties = payload.get("properties") if isinstance(payload, Mapping) else None
-        traits = payload.get("traits") if event.message_type in ("identify", "group") else None
+        opened = payload if isinstance(payload, Mapping) else {}
+        properties = opened.get("properties")
         if not isinstance(properties, Mapping):
             properties = {}
+        # Only an identify's traits are the person's (a group's describe the group).
+        traits = opened.get("traits") if event.message_type == "identify" else None
         session.execute(
             insert(t.events).values(
                 position=recorded.global_position,
@@ -298,9 +306,7 @@ class Segmentation(Policy):
                 name=event.event_name,
                 time=micros(event.timestamp),
                 properties=dict(properties),
-                traits=dict(traits)
-                if isinstance(traits, Mapping) and event.message_type == "identify"
-                else None,
+                traits=dict(traits) if isinstance(traits, Mapping) else None,
             )
         )
         rows = leaf_rows(flatten(dict(properties)), position=recorded.global_position)
@@ -340,7 +346,7 @@ class Segmentation(Policy):
             & (t.events.c.position <= event.through_position)
         )
         positions = list(session.execute(select(t.events.c.position).where(gone)).scalars())
-        for part in f.chunks(positions):
+        for part in chunks(positions):
             session.execute(delete(t.event_leaves).where(t.event_leaves.c.position.in_(part)))
         session.execute(delete(t.events).where(gone))
 
@@ -365,7 +371,7 @@ class Segmentation(Policy):
     ) -> None:
         moved = list(subject_ids)
         before = set(self._subject_profiles(session, set(moved)).values())
-        for part in f.chunks(moved):
+        for part in chunks(moved):
             session.execute(
                 update(t.events).where(t.events.c.subject_id.in_(part)).values(profile_id=profile_id)
             )
@@ -410,11 +416,11 @@ class Segmentation(Policy):
                     select(t.subjects.c.subject_id).where(t.subjects.c.profile_id == profile_id)
                 ).scalars()
             )
-        for part in f.chunks(sorted(subjects)):
+        for part in chunks(sorted(subjects)):
             positions = list(
                 session.execute(select(t.events.c.position).where(t.events.c.subject_id.in_(part))).scalars()
             )
-            for chunk in f.chunks(positions):
+            for chunk in chunks(positions):
                 session.execute(delete(t.event_leaves).where(t.event_leaves.c.position.in_(chunk)))
             session.execute(delete(t.events).where(t.events.c.subject_id.in_(part)))
             session.execute(delete(t.consent).where(t.consent.c.subject_id.in_(part)))
@@ -554,7 +560,7 @@ class Segmentation(Policy):
         if batch.retraited:
             self._recompute_traits(session, batch)
         touched = sorted(batch.touched)
-        for part in f.chunks(touched):
+        for part in chunks(touched):
             self._evaluate(session, batch, list(part))
         if batch.redefined:
             self._evaluate_audiences(session, batch)
@@ -564,7 +570,7 @@ class Segmentation(Policy):
         everyone = list(
             session.execute(select(t.profiles.c.profile_id).order_by(t.profiles.c.profile_id)).scalars()
         )
-        for part in f.chunks(everyone):
+        for part in chunks(everyone):
             for facts in f.load_facts(session, list(part)).values():
                 for trait_id in batch.retraited:
                     self._write_trait(session, facts, trait_id, batch.now)
@@ -627,7 +633,7 @@ class Segmentation(Policy):
                         if now_true != then_true
                     )
                     self._change(
-                        session, batch, audience.audience_id, profile_id, member, reason, changed, truths
+                        session, batch, audience.audience_id, profile_id, member, reason, changed, truths, row
                     )
                 elif row is not None and before != truths:
                     session.execute(
@@ -666,7 +672,6 @@ class Segmentation(Policy):
                 self._change(session, batch, audience_id, profile_id, True, reason, ())
             for profile_id in sorted(current - members):
                 self._change(session, batch, audience_id, profile_id, False, reason, ())
-        self._refresh_sizes(session)
 
     def _change(
         self,
@@ -678,13 +683,16 @@ class Segmentation(Policy):
         reason: str,
         changed: tuple[str, ...],
         truths: list[bool] | None = None,
+        row: Any = _UNREAD,
     ) -> None:
-        """Record a membership change and the event announcing it."""
-        row = session.execute(
-            select(t.memberships.c.changes).where(
-                t.memberships.c.audience_id == audience_id, t.memberships.c.profile_id == profile_id
-            )
-        ).first()
+        """Record a membership change and the event announcing it; `row`: the membership row (or None), when
+        the caller read it already."""
+        if row is _UNREAD:
+            row = session.execute(
+                select(t.memberships.c.changes).where(
+                    t.memberships.c.audience_id == audience_id, t.memberships.c.profile_id == profile_id
+                )
+            ).first()
         number = (row.changes if row is not None else 0) + 1
         values = {"member": entered, "change_time": batch.now, "changes": number, "parts": truths or []}
         if row is None:
@@ -766,7 +774,7 @@ class Segmentation(Policy):
     @staticmethod
     def _subject_profiles(session: Session, subject_ids: set[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for part in f.chunks(sorted(subject_ids)):
+        for part in chunks(sorted(subject_ids)):
             for subject_id, profile_id in session.execute(
                 select(t.subjects.c.subject_id, t.subjects.c.profile_id).where(
                     t.subjects.c.subject_id.in_(part)
@@ -790,9 +798,6 @@ class Segmentation(Policy):
                     subject_id=subject_id, profile_id=profile_id, identifier_type=identifier_type
                 )
             )
-
-
-_MISSING = object()
 
 
 def _same(one: Doc, other: Doc) -> bool:
