@@ -24,14 +24,22 @@ from cdp.eventlog.port import (
     WrongExpectedVersion,
     append_all,
 )
-from cdp.events import AudienceArchived, AudienceDefined, ComputedTraitDefined, EventMetadata, streams
+from cdp.events import (
+    AudienceArchived,
+    AudienceDefined,
+    ComputedTraitDefined,
+    EventMetadata,
+    MembershipChanged,
+    streams,
+)
+from cdp.events.envelope import from_recorded
 from cdp.reactor import Reactor
 from services.segments import queries as q
 from services.segments.domain import checks, codec
 from services.segments.domain.conditions import Aggregate, Band, ComputedCond, Condition, walk
 from services.segments.domain.errors import DefinitionError
 from services.segments.domain.language import parse_aggregate, parse_condition, render, render_aggregate
-from services.segments.domain.times import moment
+from services.segments.domain.times import micros, moment
 from services.segments.policy import Segmentation
 
 log = structlog.get_logger("cdp.segments")
@@ -189,25 +197,37 @@ class SegmentsApp:
         rows = self.queries.memberships(profile_id, wanted)
         return [rows.get(a) or q.Membership(a, False, None) for a in wanted]
 
-    async def watch(self, audience_ids: Sequence[str], after: int | None) -> AsyncIterator[tuple[int, Any]]:
-        """Membership changes after a global position (None: from now on), as the evaluator records them."""
+    async def watch(
+        self, audience_ids: Sequence[str], after: int | None
+    ) -> AsyncIterator[tuple[int, q.Change]]:
+        """Membership changes after a global position (None: from now on), straight from the log.
+
+        The `MembershipChanged` events carry everything a watcher is told, so the stream follows the log's
+        membership streams and never waits for the evaluator to read its own events back (one pass of the
+        reactor fewer between an event and the client that reacts to it).
+        """
         for audience_id in audience_ids:
             self._audience(audience_id)
+        wanted = set(audience_ids)
         position = after if after is not None else await self.store.head_position()
-        wake = EventFilter(event_types=("MembershipChanged",))
-        subscription = self.store.subscribe(position, filter=wake)
+        changes = EventFilter(categories=(streams.MEMBERSHIP,), event_types=("MembershipChanged",))
+        subscription = self.store.subscribe(position, filter=changes)
         try:
-            while True:
-                rows = await asyncio.to_thread(self.queries.changes_after, position, audience_ids, 500)
-                for row in rows:
-                    position = row.position
-                    yield row.position, row
-                if rows:
+            async for recorded in subscription:
+                event = from_recorded(recorded)
+                if not isinstance(event, MembershipChanged) or (wanted and event.audience_id not in wanted):
                     continue
-                # Nothing recorded yet after `position`: wait for the next change in the log, then for the
-                # evaluator to have recorded it (its row is what the reply carries).
-                recorded = await anext(subscription)
-                await self.reactor.wait_for(recorded.global_position, within=3600)
+                yield (
+                    recorded.global_position,
+                    q.Change(
+                        audience_id=event.audience_id,
+                        profile_id=event.profile_id,
+                        entered=event.entered,
+                        time=micros(event.computed_at),
+                        reason=event.reason,
+                        changed=event.changed,
+                    ),
+                )
         finally:
             await subscription.aclose()  # type: ignore[attr-defined]
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, and_, delete, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from cdp.sqlengine import chunks
 from services.segments import tables as t
+from services.segments.domain.conditions import EventNeeds
 from services.segments.domain.evaluate import EventFact, ProfileFacts
-from services.segments.domain.values import Doc, flatten
+from services.segments.domain.values import EMPTY, Doc, flatten
 from services.segments.loading import leaf_rows
 
 
-def load_facts(session: Session, profile_ids: Sequence[str]) -> dict[str, ProfileFacts]:
-    """Everything conditions may ask of these profiles (profiles without a row get empty facts)."""
+def load_facts(
+    session: Session, profile_ids: Sequence[str], needs: EventNeeds | None = None
+) -> dict[str, ProfileFacts]:
+    """Everything conditions may ask of these profiles (profiles without a row get empty facts); of their
+    messages only those `needs` names (None: all of them, with their properties)."""
     found = {profile_id: ProfileFacts(profile_id) for profile_id in profile_ids}
     events: dict[str, list[EventFact]] = {profile_id: [] for profile_id in profile_ids}
     consent: dict[str, dict[str, bool]] = {profile_id: {} for profile_id in profile_ids}
@@ -27,20 +31,12 @@ def load_facts(session: Session, profile_ids: Sequence[str]) -> dict[str, Profil
             select(t.profiles.c.profile_id, t.profiles.c.traits).where(t.profiles.c.profile_id.in_(part))
         ):
             found[profile_id].traits = Doc.of(traits or {})
-        rows = session.execute(
-            select(
-                t.events.c.profile_id,
-                t.events.c.position,
-                t.events.c.time,
-                t.events.c.message_type,
-                t.events.c.name,
-                t.events.c.properties,
-            )
-            .where(t.events.c.profile_id.in_(part))
-            .order_by(t.events.c.time, t.events.c.position)
-        )
-        for profile_id, position, time, message_type, name, properties in rows:
-            events[profile_id].append(EventFact(position, time, message_type, name, Doc.of(properties or {})))
+        if needs is None or needs.kinds:
+            for profile_id, position, time, message_type, name, properties in session.execute(
+                _events_query(part, needs)
+            ):
+                doc = Doc.of(properties) if properties else EMPTY
+                events[profile_id].append(EventFact(position, time, message_type, name, doc))
         for profile_id, purpose, granted in session.execute(
             select(t.profile_consent).where(t.profile_consent.c.profile_id.in_(part))
         ):
@@ -64,6 +60,28 @@ def load_facts(session: Session, profile_ids: Sequence[str]) -> dict[str, Profil
         facts.computed = computed[profile_id]
         facts.identifier_types = frozenset(types[profile_id])
     return found
+
+
+def _events_query(profile_ids: Sequence[str], needs: EventNeeds | None) -> Select[Any]:
+    """The profiles' messages a definition can look at, in (time, position) order."""
+    events = t.events.c
+    properties = events.properties if needs is None or needs.properties else null()
+    query = select(
+        events.profile_id, events.position, events.time, events.message_type, events.name, properties
+    )
+    query = query.where(events.profile_id.in_(profile_ids))
+    if needs is not None:
+        query = query.where(
+            or_(
+                *(
+                    events.message_type == kind
+                    if name is None
+                    else and_(events.message_type == kind, events.name == name)
+                    for kind, name in sorted(needs.kinds, key=str)
+                )
+            )
+        )
+    return query.order_by(events.time, events.position)
 
 
 def fold_traits(session: Session, profile_id: str) -> dict[str, Any]:

@@ -55,9 +55,12 @@ from services.segments.domain.conditions import (
     Aggregate,
     And,
     Condition,
+    EventNeeds,
     ValueCond,
     audiences_named,
     computed_traits_named,
+    event_needs,
+    needs_of_aggregate,
 )
 from services.segments.domain.evaluate import ProfileFacts, compute, evaluate, next_change, timed_parts
 from services.segments.domain.language import render
@@ -110,6 +113,16 @@ class Definitions:
         found = self.audiences.get(audience_id)
         return found.condition if found is not None and found.active else None
 
+    def event_needs(self) -> EventNeeds:
+        """What the active audiences and every computed trait read of a profile's messages."""
+        found = EventNeeds()
+        for aggregate in self.traits.values():
+            found = found | needs_of_aggregate(aggregate)
+        for audience in self.audiences.values():
+            if audience.active:
+                found = found | event_needs(audience.condition)
+        return found
+
     def timed(self) -> tuple[list[Aggregate], list[ValueCond]]:
         """Everything time alone can change: sliding-window aggregates and WITHIN_LAST trait conditions."""
         aggregates = [a for a in self.traits.values() if a.window.sliding]
@@ -142,6 +155,9 @@ class _Batch:
     retraited: set[str] = field(default_factory=set)
     appends: list[StreamAppend] = field(default_factory=list)
     cause: RecordedEvent | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    leaves: list[dict[str, Any]] = field(default_factory=list)
+    """Message rows (and their property leaves) not inserted yet: a run of messages is one executemany."""
 
     def touch(self, profile_id: str, reason: str) -> None:
         if profile_id:
@@ -225,7 +241,10 @@ class Segmentation(Policy):
                 event = from_recorded(recorded)
             except UnknownEventType:
                 continue
+            if not isinstance(event, MessageCollected):
+                self._insert_messages(session, batch)  # what follows may update the messages' rows
             self._apply(session, batch, recorded, event, opened)
+        self._insert_messages(session, batch)
         self._evaluate_due(session, batch)
         self._settle(session, batch)
         return batch.appends
@@ -243,7 +262,7 @@ class Segmentation(Policy):
         self, session: Session, batch: _Batch, recorded: RecordedEvent, event: Any, opened: Mapping[str, Any]
     ) -> None:
         if isinstance(event, MessageCollected):
-            self._store_message(session, recorded, event, opened.get(str(recorded.id), _MISSING))
+            self._store_message(batch, recorded, event, opened.get(str(recorded.id), _MISSING))
         elif isinstance(event, MessagesAttributed):
             self._attribute(session, batch, event)
         elif isinstance(event, ProfilesMerged):
@@ -281,7 +300,7 @@ class Segmentation(Policy):
             )
 
     def _store_message(
-        self, session: Session, recorded: RecordedEvent, event: MessageCollected, payload: Any
+        self, batch: _Batch, recorded: RecordedEvent, event: MessageCollected, payload: Any
     ) -> None:
         if payload is _MISSING:  # not prepared (a batch split in halves re-decides without prepare)
             try:
@@ -296,22 +315,29 @@ class Segmentation(Policy):
             properties = {}
         # Only an identify's traits are the person's (a group's describe the group).
         traits = opened.get("traits") if event.message_type == "identify" else None
-        session.execute(
-            insert(t.events).values(
-                position=recorded.global_position,
-                event_id=str(recorded.id),
-                subject_id=event.subject_id,
-                profile_id=None,
-                message_type=event.message_type,
-                name=event.event_name,
-                time=micros(event.timestamp),
-                properties=dict(properties),
-                traits=dict(traits) if isinstance(traits, Mapping) else None,
-            )
+        batch.messages.append(
+            {
+                "position": recorded.global_position,
+                "event_id": str(recorded.id),
+                "subject_id": event.subject_id,
+                "profile_id": None,
+                "message_type": event.message_type,
+                "name": event.event_name,
+                "time": micros(event.timestamp),
+                "properties": dict(properties),
+                "traits": dict(traits) if isinstance(traits, Mapping) else None,
+            }
         )
-        rows = leaf_rows(flatten(dict(properties)), position=recorded.global_position)
-        if rows:
-            session.execute(insert(t.event_leaves), rows)
+        batch.leaves.extend(leaf_rows(flatten(dict(properties)), position=recorded.global_position))
+
+    @staticmethod
+    def _insert_messages(session: Session, batch: _Batch) -> None:
+        if batch.messages:
+            session.execute(insert(t.events), batch.messages)
+            batch.messages = []
+        if batch.leaves:
+            session.execute(insert(t.event_leaves), batch.leaves)
+            batch.leaves = []
 
     def _attribute(self, session: Session, batch: _Batch, event: MessagesAttributed) -> None:
         entries = event.entries()
@@ -571,7 +597,7 @@ class Segmentation(Policy):
             session.execute(select(t.profiles.c.profile_id).order_by(t.profiles.c.profile_id)).scalars()
         )
         for part in chunks(everyone):
-            for facts in f.load_facts(session, list(part)).values():
+            for facts in f.load_facts(session, list(part), self.definitions.event_needs()).values():
                 for trait_id in batch.retraited:
                     self._write_trait(session, facts, trait_id, batch.now)
         for audience in self.definitions.audiences.values():
@@ -595,7 +621,7 @@ class Segmentation(Policy):
         facts.computed = computed
 
     def _evaluate(self, session: Session, batch: _Batch, profile_ids: list[str]) -> None:
-        found = f.load_facts(session, profile_ids)
+        found = f.load_facts(session, profile_ids, self.definitions.event_needs())
         rows = {
             (row.audience_id, row.profile_id): row
             for row in session.execute(
@@ -609,6 +635,7 @@ class Segmentation(Policy):
         )
         aggregates, conds = self.definitions.timed()
         lookup = self.definitions.condition
+        dues: list[dict[str, Any]] = []
         for profile_id in profile_ids:
             facts = found[profile_id]
             if profile_id not in existing:
@@ -644,9 +671,13 @@ class Segmentation(Policy):
                         )
                         .values(parts=truths)
                     )
-            due = next_change(aggregates, conds, facts, batch.now)
+            dues.append({"b_profile": profile_id, "b_due": next_change(aggregates, conds, facts, batch.now)})
+        if dues:
             session.execute(
-                update(t.profiles).where(t.profiles.c.profile_id == profile_id).values(due_at=due)
+                update(t.profiles)
+                .where(t.profiles.c.profile_id == bindparam("b_profile"))
+                .values(due_at=bindparam("b_due")),
+                dues,
             )
 
     def _evaluate_audiences(self, session: Session, batch: _Batch) -> None:

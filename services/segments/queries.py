@@ -63,6 +63,18 @@ class Membership:
     change_time: int | None
 
 
+@dataclass(frozen=True)
+class Change:
+    """One membership change, as a watcher is told it."""
+
+    audience_id: str
+    profile_id: str
+    entered: bool
+    time: int
+    reason: str
+    changed: tuple[str, ...]
+
+
 class Queries:
     """The read side: audiences, traits, members, statistics, previews."""
 
@@ -201,14 +213,6 @@ class Queries:
                 points.append((moment, _size_at(connection, audience_id, moment)))
                 at += interval
         return entered, exited, points
-
-    def changes_after(self, position: int, audience_ids: Sequence[str], limit: int) -> list[Any]:
-        """Membership changes after a global position, oldest first (what a watch replays)."""
-        query = select(t.changes).where(t.changes.c.position > position)
-        if audience_ids:
-            query = query.where(t.changes.c.audience_id.in_(list(audience_ids)))
-        with self.engine.connect() as connection:
-            return list(connection.execute(query.order_by(t.changes.c.position).limit(limit)).all())
 
 
 def _counts(connection: Connection, audience_id: str, start: int, end: int) -> tuple[int, int]:

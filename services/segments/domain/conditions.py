@@ -255,6 +255,42 @@ def computed_traits_named(node: Condition) -> set[str]:
     return {part.trait_id for part in walk(node) if isinstance(part, ComputedCond)}
 
 
+@dataclass(frozen=True, slots=True)
+class EventNeeds:
+    """Which of a profile's messages some definition can look at, and whether it reads their properties: the
+    evaluator loads only these (a profile's history is mostly page views no audience mentions)."""
+
+    kinds: frozenset[tuple[str, str | None]] = frozenset()
+    """(message type, name): a name of None matches every message of the type."""
+    properties: bool = False
+
+    def __or__(self, other: EventNeeds) -> EventNeeds:
+        return EventNeeds(self.kinds | other.kinds, self.properties or other.properties)
+
+
+def needs_of_aggregate(aggregate: Aggregate) -> EventNeeds:
+    """What an aggregate reads: its spec's messages, their properties when it filters or aggregates one."""
+    spec = aggregate.events
+    return EventNeeds(
+        frozenset({(spec.message_type, spec.name)}), bool(spec.where) or aggregate.property is not None
+    )
+
+
+def event_needs(node: Condition) -> EventNeeds:
+    """What a condition reads of a profile's messages (computed traits it names are counted by their own
+    definitions)."""
+    found = EventNeeds()
+    for part in walk(node):
+        if isinstance(part, EventCond):
+            found = found | needs_of_aggregate(part.aggregate)
+        elif isinstance(part, Funnel):
+            found = found | EventNeeds(
+                frozenset((step.message_type, step.name) for step in part.steps),
+                any(step.where for step in part.steps),
+            )
+    return found
+
+
 def sliding_windows(node: Condition) -> list[int]:
     """The sliding windows (µs) in a condition: evaluation time matters to it when any exist."""
     found: list[int] = []

@@ -137,23 +137,52 @@ def value_of(leaf: Leaf) -> Scalar:
 
 
 class Doc:
-    """A document's leaves by path: the value at a path (at most one) and the elements of a list there."""
+    """A document's leaves by path: the value at a path (at most one) and the elements of a list there.
 
-    __slots__ = ("items", "values")
+    `Doc.of` flattens lazily, on the first look at a path: most conditions on an event read its name and time,
+    never its properties, and the evaluator builds a Doc for every message of every profile it evaluates.
+    """
+
+    __slots__ = ("_items", "_raw", "_values")
+    _values: dict[str, Leaf] | None
+    _items: dict[str, list[Leaf]] | None
 
     def __init__(self, leaves: Iterator[Leaf] | list[Leaf] | tuple[Leaf, ...]) -> None:
-        self.values: dict[str, Leaf] = {}
-        self.items: dict[str, list[Leaf]] = {}
-        for leaf in leaves:
-            if leaf.item:
-                self.items.setdefault(leaf.path, []).append(leaf)
-            else:
-                self.values[leaf.path] = leaf
+        self._raw: Any = None
+        self._fill(leaves)
 
     @classmethod
     def of(cls, value: Any) -> Doc:
         """The document of a JSON value."""
-        return cls(flatten(value))
+        doc = cls.__new__(cls)
+        doc._raw, doc._values, doc._items = value, None, None
+        return doc
+
+    def _fill(self, leaves: Iterator[Leaf] | list[Leaf] | tuple[Leaf, ...]) -> None:
+        values: dict[str, Leaf] = {}
+        items: dict[str, list[Leaf]] = {}
+        for leaf in leaves:
+            if leaf.item:
+                items.setdefault(leaf.path, []).append(leaf)
+            else:
+                values[leaf.path] = leaf
+        self._values, self._items = values, items
+
+    @property
+    def values(self) -> dict[str, Leaf]:
+        """The value at each path."""
+        if self._values is None:
+            self._fill(flatten(self._raw))
+        assert self._values is not None
+        return self._values
+
+    @property
+    def items(self) -> dict[str, list[Leaf]]:
+        """The elements of the list at each path."""
+        if self._items is None:
+            self._fill(flatten(self._raw))
+        assert self._items is not None
+        return self._items
 
 
 EMPTY = Doc(())
