@@ -239,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             cluster.down()
         spent = asyncio.run(hops(Settings.from_env(env), users))
-    latencies = [watcher.arrived[p] - sent[u] for p, u in users.items() if p in watcher.arrived]
+    pairs = sorted((sent[u], watcher.arrived[p] - sent[u]) for p, u in users.items() if p in watcher.arrived)
+    latencies = [latency for _, latency in pairs]
     print(f"\nevent → membership change through the local cluster ({args.event_store or 'SQLite log'})")
     print(f"  load: {achieved:,.0f} events/s achieved of {args.rate:,} asked, for {args.seconds:.0f} s;")
     print(f"        {len(sent):,} qualifying events, {failures} batches refused")
@@ -263,6 +264,15 @@ def run(args: argparse.Namespace) -> int:
                 f"    {label:<29}p50 {statistics.median(spent[hop]) * 1000:7.1f} ms"
                 f"   p99 {percentile(spent[hop], 0.99) * 1000:7.1f} ms"
             )
+    if args.timeline and pairs:
+        first = pairs[0][0]
+        print("  by second of the load: p50 / max ms")
+        for second in range(int(pairs[-1][0] - first) + 1):
+            slice_ = [latency for at, latency in pairs if second <= at - first < second + 1]
+            if slice_:
+                print(
+                    f"    {second:3d} s  {statistics.median(slice_) * 1000:7.0f}  {max(slice_) * 1000:7.0f}"
+                )
     print(f"  ratio to the ack               p50 {p50 / ack50:7.1f}x     p99 {p99 / ack99:7.1f}x")
     return 0 if complete and p99 < 1.0 else 1
 
@@ -273,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=int, default=1000, help="events per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the load lasts")
+    parser.add_argument("--timeline", action="store_true", help="latencies by second of the load")
     parser.add_argument("--senders", type=int, default=4, help="HTTP connections sharing the schedule")
     parser.add_argument(
         "--event-store", default=None, help="CDP_EVENT_STORE (default: SQLite in the temp dir)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, insert, null, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from cdp.sqlengine import chunks
@@ -84,35 +84,49 @@ def _events_query(profile_ids: Sequence[str], needs: EventNeeds | None) -> Selec
     return query.order_by(events.time, events.position)
 
 
-def fold_traits(session: Session, profile_id: str) -> dict[str, Any]:
-    """The profile's traits: each key's value from its latest identify by event time (ties: later in the log)."""
-    traits: dict[str, Any] = {}
-    rows = session.execute(
-        select(t.events.c.traits)
-        .where(t.events.c.profile_id == profile_id, t.events.c.message_type == "identify")
-        .order_by(t.events.c.time, t.events.c.position)
-    )
-    for (set_traits,) in rows:
-        if isinstance(set_traits, Mapping):
-            traits.update(set_traits)
+def fold_traits(session: Session, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each profile's traits: each key's value from its latest identify by event time (ties: later in the log)."""
+    traits: dict[str, dict[str, Any]] = {profile_id: {} for profile_id in profile_ids}
+    for part in chunks(list(profile_ids)):
+        rows = session.execute(
+            select(t.events.c.profile_id, t.events.c.traits)
+            .where(t.events.c.profile_id.in_(part), t.events.c.message_type == "identify")
+            .order_by(t.events.c.time, t.events.c.position)
+        )
+        for profile_id, set_traits in rows:
+            if isinstance(set_traits, Mapping):
+                traits[profile_id].update(set_traits)
     return traits
 
 
-def write_traits(session: Session, profile_id: str, traits: Mapping[str, Any], now: int) -> None:
-    """Store a profile's folded traits, as JSON and as leaves."""
-    exists: Any = session.execute(
-        update(t.profiles)
-        .where(t.profiles.c.profile_id == profile_id)
-        .values(traits=dict(traits), update_time=now)
-    )
-    if not exists.rowcount:
-        session.execute(
-            insert(t.profiles).values(profile_id=profile_id, traits=dict(traits), update_time=now)
+def write_traits(session: Session, traits: Mapping[str, Mapping[str, Any]], now: int) -> None:
+    """Store profiles' folded traits, as JSON and as leaves (profiles without a row get one)."""
+    for part in chunks(sorted(traits)):
+        existing = set(
+            session.execute(
+                select(t.profiles.c.profile_id).where(t.profiles.c.profile_id.in_(part))
+            ).scalars()
         )
-    session.execute(delete(t.trait_leaves).where(t.trait_leaves.c.profile_id == profile_id))
-    rows = leaf_rows(flatten(dict(traits)), profile_id=profile_id)
-    if rows:
-        session.execute(insert(t.trait_leaves), rows)
+        rows = [{"b_profile": p, "b_traits": dict(traits[p]), "b_time": now} for p in part if p in existing]
+        if rows:
+            session.execute(
+                update(t.profiles)
+                .where(t.profiles.c.profile_id == bindparam("b_profile"))
+                .values(traits=bindparam("b_traits"), update_time=bindparam("b_time")),
+                rows,
+            )
+        new = [
+            {"profile_id": p, "traits": dict(traits[p]), "update_time": now}
+            for p in part
+            if p not in existing
+        ]
+        if new:
+            session.execute(insert(t.profiles), new)
+        if existing:
+            session.execute(delete(t.trait_leaves).where(t.trait_leaves.c.profile_id.in_(sorted(existing))))
+        leaves = [row for p in part for row in leaf_rows(flatten(dict(traits[p])), profile_id=p)]
+        if leaves:
+            session.execute(insert(t.trait_leaves), leaves)
 
 
 def write_computed(session: Session, profile_id: str, trait_id: str, value: Any, now: int) -> None:
@@ -132,23 +146,28 @@ def write_computed(session: Session, profile_id: str, trait_id: str, value: Any,
         session.execute(insert(t.computed_leaves), rows)
 
 
-def write_consent(session: Session, profile_id: str) -> None:
-    """A profile's consent per purpose: its subjects' latest decisions (the latest in the log wins)."""
-    session.execute(delete(t.profile_consent).where(t.profile_consent.c.profile_id == profile_id))
-    latest: dict[str, tuple[int, bool]] = {}
-    rows = session.execute(
-        select(t.consent.c.purpose, t.consent.c.granted, t.consent.c.position)
-        .join(t.subjects, t.subjects.c.subject_id == t.consent.c.subject_id)
-        .where(t.subjects.c.profile_id == profile_id)
-    )
-    for purpose, granted, position in rows:
-        if purpose not in latest or position > latest[purpose][0]:
-            latest[purpose] = (position, bool(granted))
-    if latest:
-        session.execute(
-            insert(t.profile_consent),
-            [{"profile_id": profile_id, "purpose": p, "granted": g} for p, (_, g) in latest.items()],
+def write_consent(session: Session, profile_ids: Sequence[str]) -> None:
+    """Profiles' consent per purpose: their subjects' latest decisions (the latest in the log wins)."""
+    for part in chunks(sorted(profile_ids)):
+        session.execute(delete(t.profile_consent).where(t.profile_consent.c.profile_id.in_(part)))
+        latest: dict[tuple[str, str], tuple[int, bool]] = {}
+        rows = session.execute(
+            select(t.subjects.c.profile_id, t.consent.c.purpose, t.consent.c.granted, t.consent.c.position)
+            .join(t.subjects, t.subjects.c.subject_id == t.consent.c.subject_id)
+            .where(t.subjects.c.profile_id.in_(part))
         )
+        for profile_id, purpose, granted, position in rows:
+            key = (profile_id, purpose)
+            if key not in latest or position > latest[key][0]:
+                latest[key] = (position, bool(granted))
+        if latest:
+            session.execute(
+                insert(t.profile_consent),
+                [
+                    {"profile_id": p, "purpose": purpose, "granted": g}
+                    for (p, purpose), (_, g) in latest.items()
+                ],
+            )
 
 
 def purge_profile(session: Session, profile_id: str) -> None:

@@ -579,10 +579,10 @@ class Segmentation(Policy):
 
     def _settle(self, session: Session, batch: _Batch) -> None:
         """Evaluate the touched profiles, then the redefined audiences over everyone."""
-        for profile_id in sorted(batch.traits_dirty):
-            f.write_traits(session, profile_id, f.fold_traits(session, profile_id), batch.now)
-        for profile_id in sorted(batch.consent_dirty):
-            f.write_consent(session, profile_id)
+        if batch.traits_dirty:
+            f.write_traits(session, f.fold_traits(session, sorted(batch.traits_dirty)), batch.now)
+        if batch.consent_dirty:
+            f.write_consent(session, sorted(batch.consent_dirty))
         if batch.retraited:
             self._recompute_traits(session, batch)
         touched = sorted(batch.touched)
@@ -636,10 +636,11 @@ class Segmentation(Policy):
         aggregates, conds = self.definitions.timed()
         lookup = self.definitions.condition
         dues: list[dict[str, Any]] = []
+        missing = [p for p in profile_ids if p not in existing]
+        if missing:
+            f.write_traits(session, {p: {} for p in missing}, batch.now)
         for profile_id in profile_ids:
             facts = found[profile_id]
-            if profile_id not in existing:
-                f.write_traits(session, profile_id, {}, batch.now)
             for trait_id in self.definitions.traits:
                 self._write_trait(session, facts, trait_id, batch.now)
             reason = batch.touched.get(profile_id, "event")
