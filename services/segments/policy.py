@@ -384,6 +384,9 @@ class Segmentation(Policy):
         )
         for audience_id in self._memberships_of(session, merged):
             self._change(session, batch, audience_id, merged, False, "merge", ())
+        session.execute(
+            delete(t.memberships).where(t.memberships.c.profile_id == merged, t.memberships.c.changes == 0)
+        )
         f.purge_profile(session, merged)
         batch.touched.pop(merged, None)
         batch.traits_dirty.discard(merged)
@@ -672,6 +675,19 @@ class Segmentation(Policy):
                         )
                         .values(parts=truths)
                     )
+                elif row is None and any(truths):
+                    # Part of the way in: remember which conditions hold, so that the entry names the one
+                    # that changed. `changes` 0: it never entered (no change time to report).
+                    session.execute(
+                        insert(t.memberships).values(
+                            audience_id=audience.audience_id,
+                            profile_id=profile_id,
+                            member=False,
+                            change_time=0,
+                            changes=0,
+                            parts=truths,
+                        )
+                    )
             dues.append({"b_profile": profile_id, "b_due": next_change(aggregates, conds, facts, batch.now)})
         if dues:
             session.execute(
@@ -688,6 +704,10 @@ class Segmentation(Policy):
             audience = self.definitions.audiences.get(audience_id)
             if audience is None:
                 continue
+            # What the rows remember of the old definition's conditions means nothing for the new one.
+            of_audience = t.memberships.c.audience_id == audience_id
+            session.execute(delete(t.memberships).where(of_audience, t.memberships.c.changes == 0))
+            session.execute(update(t.memberships).where(of_audience).values(parts=[]))
             members: set[str] = set()
             if audience.active:
                 members = set(

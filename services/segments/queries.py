@@ -178,17 +178,23 @@ class Queries:
             yield [Member(profile_id, time) for profile_id, time in rows[start : start + chunk]]
 
     def memberships(self, profile_id: str, audience_ids: Sequence[str]) -> dict[str, Membership]:
-        """The profile's membership rows of these audiences (absent: it never entered)."""
+        """The profile's membership rows of these audiences (absent, or no change time: it never entered)."""
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(
-                    t.memberships.c.audience_id, t.memberships.c.member, t.memberships.c.change_time
+                    t.memberships.c.audience_id,
+                    t.memberships.c.member,
+                    t.memberships.c.change_time,
+                    t.memberships.c.changes,
                 ).where(
                     t.memberships.c.profile_id == profile_id,
                     t.memberships.c.audience_id.in_(list(audience_ids)),
                 )
             )
-            return {a: Membership(a, bool(member), at) for a, member, at in rows}
+            # A row that never changed only remembers which conditions hold: the profile never entered.
+            return {
+                a: Membership(a, bool(member), at if changes else None) for a, member, at, changes in rows
+            }
 
     def knows_profile(self, profile_id: str) -> bool:
         """Whether the read model holds this profile."""
