@@ -63,10 +63,11 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_harness(settings_for(tmp_path)) as identity:
+async def cluster(tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[Cluster]:
+    """On SQLite files, and on one PostgreSQL schema (log and read models) — `backend`'s two params."""
+    async with running_harness(settings_for(tmp_path, **backend)) as identity:
         port = int(identity.server.address.rsplit(":", 1)[1])
-        settings = replace(settings_for(tmp_path), identity_port=port)
+        settings = replace(settings_for(tmp_path, **backend), identity_port=port)
         service, app = await assemble(settings)
         server = GrpcServer(service, settings, port=0)
         await server.start()
