@@ -124,6 +124,14 @@ async def test_an_audience_in_the_language_follows_events_merges_and_windows(clu
         metadata=ADMIN,
     )
     assert created.audience.state == pb.AUDIENCE_STATE_ACTIVE and created.audience.size == 0
+    watched: list[pb.WatchMembershipsResponse] = []
+
+    async def watch() -> None:
+        request = pb.WatchMembershipsRequest(audience_ids=["big_spenders"])
+        async for change in stub.WatchMemberships(request, metadata=ADMIN):
+            watched.append(change)
+
+    watching = asyncio.create_task(watch())
     now = datetime.now(UTC)
     await identity.collect("identify", at=now, userId="u1", traits={"plan": "pro"})
     # One order well inside the window, one that leaves it a few seconds from now.
@@ -164,6 +172,27 @@ async def test_an_audience_in_the_language_follows_events_merges_and_windows(clu
     )
     await identity.collect("alias", at=now, userId="u1", previousId="anon-9", anonymousId="anon-9")
     await eventually(entered, "u1 re-entered big_spenders once anon-9's order merged into its profile")
+
+    # The watch saw the three changes as they happened, with why; resumed after the first, it replays the rest.
+    async def three() -> bool:
+        return len(watched) >= 3
+
+    await eventually(three, "the watch saw u1 enter, leave and re-enter")
+    watching.cancel()
+    seen = [(c.profile_id, c.kind, c.reason) for c in watched]
+    assert seen == [
+        (profile, pb.MEMBERSHIP_CHANGE_KIND_ENTERED, "event"),
+        (profile, pb.MEMBERSHIP_CHANGE_KIND_EXITED, "time"),
+        (profile, pb.MEMBERSHIP_CHANGE_KIND_ENTERED, "merge"),
+    ]
+    assert list(watched[1].changed_conditions) == ['event("Order Completed").count(within 30d) >= 2']
+    resumed: list[pb.WatchMembershipsResponse] = []
+    request = pb.WatchMembershipsRequest(audience_ids=["big_spenders"], resume_token=watched[0].resume_token)
+    async for change in stub.WatchMemberships(request, metadata=ADMIN):
+        resumed.append(change)
+        if len(resumed) == 2:
+            break
+    assert [(c.kind, c.resume_token) for c in resumed] == [(c.kind, c.resume_token) for c in watched[1:]]
 
     # Every read model can be rebuilt from the log: a fresh evaluator over the same log agrees on who is in
     # which audience and on every computed value (change numbers and times may differ: batches differ).
