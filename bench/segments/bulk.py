@@ -226,9 +226,17 @@ def main() -> None:
         metavar="NAME",
         help="PostgreSQL: load into this schema and keep it, or reuse it when it holds profiles already",
     )
+    parser.add_argument(
+        "--keep-file",
+        metavar="PATH",
+        help="SQLite: load into this file and keep it, or reuse it when it exists",
+    )
     args = parser.parse_args()
     backends = {b.strip() for b in args.backends.split(",") if b.strip()}
-    if "sqlite" in backends:
+    if "sqlite" in backends and args.keep_file:
+        path = Path(args.keep_file)
+        run(f"sqlite:///{path}", args.profiles, path, load=not path.exists())
+    elif "sqlite" in backends:
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory) / "segments.db"
             run(f"sqlite:///{path}", args.profiles, path)

@@ -411,12 +411,13 @@ class _Compiler:
     def in_groups(
         self, aggregate: Aggregate, source: FromClause, e: FromClause, having: Predicate
     ) -> Predicate:
-        """The profile is among those whose chosen events' group satisfies `having`.
-
-        The groups are one uncorrelated derived table (every profile's, computed once) that the profile is
-        looked up in: PostgreSQL turns that EXISTS (or NOT EXISTS) into a hash semi- (anti-) join, where a
-        correlated subquery with GROUP BY would run once per profile; SQLite materialises it once too.
-        """
+        """The profile is among those whose chosen events' group satisfies `having`, in two equivalent shapes:
+        SQLite runs a correlated subquery on the profile's index, fast; PostgreSQL would run that once per
+        profile (a plan node per row), so it looks the profile up in one uncorrelated derived table of every
+        profile's groups instead, which it turns into a hash semi- (anti-, under `not`) join."""
+        if isinstance(having, False_):
+            return false()
+        correlated = _exists(source, self.chosen(aggregate, e), group_by=e.c.profile_id, having=having)
         where = _all(
             [
                 e.c.profile_id.is_not(None),
@@ -424,7 +425,7 @@ class _Compiler:
                 self.matching(aggregate.events, e),
             ]
         )
-        if isinstance(where, False_) or isinstance(having, False_):
+        if isinstance(where, False_):
             return false()
         groups = select(e.c.profile_id.label("profile_id")).select_from(source)
         if not isinstance(where, True_):
@@ -433,9 +434,10 @@ class _Compiler:
         if not isinstance(having, True_):
             groups = groups.having(having)
         g = groups.subquery()
-        return exists(
+        derived = exists(
             select(literal(1)).select_from(g).where(g.c.profile_id == self.profile_id).correlate_except(g)
         )
+        return ByDialect(correlated, derived)
 
     def first_or_last(self, node: EventCond) -> Predicate:
         """FIRST/LAST: the value at the property of the first/last chosen event (by time, then position) that has
