@@ -158,6 +158,8 @@ class _Batch:
     messages: list[dict[str, Any]] = field(default_factory=list)
     leaves: list[dict[str, Any]] = field(default_factory=list)
     """Message rows (and their property leaves) not inserted yet: a run of messages is one executemany."""
+    links: list[IdentifierLinked] = field(default_factory=list)
+    """Links not applied yet: a run of them (a burst of new people) is applied with a few statements."""
 
     def touch(self, profile_id: str, reason: str) -> None:
         if profile_id:
@@ -243,8 +245,11 @@ class Segmentation(Policy):
                 continue
             if not isinstance(event, MessageCollected):
                 self._insert_messages(session, batch)  # what follows may update the messages' rows
+            if not isinstance(event, IdentifierLinked):
+                self._link(session, batch)  # what follows may read the subjects
             self._apply(session, batch, recorded, event, opened)
         self._insert_messages(session, batch)
+        self._link(session, batch)
         self._evaluate_due(session, batch)
         self._settle(session, batch)
         return batch.appends
@@ -273,7 +278,7 @@ class Segmentation(Policy):
             batch.traits_dirty.add(event.profile_id)
             batch.consent_dirty.add(event.profile_id)
         elif isinstance(event, IdentifierLinked):
-            self._link(session, batch, event)
+            batch.links.append(event)
         elif isinstance(event, SubjectErased):
             self._erase(session, batch, event.subject_id)
         elif isinstance(event, ConsentChanged):
@@ -412,29 +417,60 @@ class Segmentation(Policy):
             batch.traits_dirty.add(profile)
             batch.consent_dirty.add(profile)
 
-    def _link(self, session: Session, batch: _Batch, event: IdentifierLinked) -> None:
-        known = self._subject_profiles(session, {event.subject_id})
-        previous = known.get(event.subject_id)
-        self._put_subject(
-            session,
-            event.subject_id,
-            event.profile_id,
-            event.identifier_type,
-            exists=event.subject_id in known,
-        )
-        if previous != event.profile_id:
+    def _link(self, session: Session, batch: _Batch) -> None:
+        """Apply the pending links in order: each subject's profile (and identifier type), its messages moved
+        when the profile changed, both profiles evaluated. One query and three executemanys for the run."""
+        links, batch.links = batch.links, []
+        if not links:
+            return
+        known = self._subject_profiles(session, {link.subject_id for link in links})
+        stored = set(known)
+        new: dict[str, dict[str, Any]] = {}
+        changed: list[dict[str, Any]] = []
+        moved: list[dict[str, Any]] = []
+        for link in links:
+            previous = known.get(link.subject_id)
+            if link.subject_id in stored:
+                changed.append(
+                    {
+                        "b_subject": link.subject_id,
+                        "b_profile": link.profile_id,
+                        "b_type": link.identifier_type or None,
+                    }
+                )
+            else:
+                row = new.setdefault(link.subject_id, {"subject_id": link.subject_id})
+                row["profile_id"] = link.profile_id
+                row["identifier_type"] = link.identifier_type or row.get("identifier_type")
+            known[link.subject_id] = link.profile_id
+            if previous != link.profile_id:
+                moved.append({"b_subject": link.subject_id, "b_profile": link.profile_id})
+                for profile in (previous, link.profile_id):
+                    if profile:
+                        batch.touch(profile, "event")
+                        batch.traits_dirty.add(profile)
+                        batch.consent_dirty.add(profile)
+            else:
+                batch.touch(link.profile_id, "event")
+        if new:
+            session.execute(insert(t.subjects), list(new.values()))
+        if changed:
+            session.execute(
+                update(t.subjects)
+                .where(t.subjects.c.subject_id == bindparam("b_subject"))
+                .values(
+                    profile_id=bindparam("b_profile"),
+                    identifier_type=func.coalesce(bindparam("b_type"), t.subjects.c.identifier_type),
+                ),
+                changed,
+            )
+        if moved:
             session.execute(
                 update(t.events)
-                .where(t.events.c.subject_id == event.subject_id, t.events.c.profile_id.is_not(None))
-                .values(profile_id=event.profile_id)
+                .where(t.events.c.subject_id == bindparam("b_subject"), t.events.c.profile_id.is_not(None))
+                .values(profile_id=bindparam("b_profile")),
+                moved,
             )
-            for profile in (previous, event.profile_id):
-                if profile:
-                    batch.touch(profile, "event")
-                    batch.traits_dirty.add(profile)
-                    batch.consent_dirty.add(profile)
-        else:
-            batch.touch(event.profile_id, "event")
 
     def _erase(self, session: Session, batch: _Batch, subject_id: str) -> None:
         profile_id = self._subject_profiles(session, {subject_id}).get(subject_id)
