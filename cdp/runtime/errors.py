@@ -43,6 +43,18 @@ def _classify_upstream(error: grpc.aio.AioRpcError) -> errors.DomainError | None
     return None
 
 
+def passed_on(error: grpc.aio.AioRpcError, field: str) -> errors.DomainError | None:
+    """Another service's refusal of what this one's caller sent (`field`: where it was in this one's request),
+    as this service's own answer: NOT_FOUND stays NOT_FOUND, INVALID_ARGUMENT names `field`. None for anything
+    else (an outage `classify` recognises, or a bug)."""
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(details or f"{field}: not found")
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidInput.field(field, details or "was refused")
+    return None
+
+
 def is_outage(error: errors.DomainError) -> bool:
     """Whether the failure is a dependency being down or slow (logged as a warning), not the caller's doing."""
     return isinstance(error, errors.Unavailable | errors.DeadlineExceeded)

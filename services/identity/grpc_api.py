@@ -162,13 +162,19 @@ def _profile_query(message: pb.ProfileFilter) -> ProfileQuery:
         if t == identity_pb2.IDENTIFIER_TYPE_UNSPECIFIED:
             raise InvalidInput.field(f"filter.identifier_types[{index}]", "is not a known identifier type")
     updated = message.updated
+    traits_equal = None
+    if message.HasField("traits_equal"):
+        try:
+            traits_equal = json_format.MessageToDict(message.traits_equal)
+        except ValueError as error:  # NaN or infinity: no trait can equal it, and JSON cannot carry it
+            raise InvalidInput.field(
+                "filter.traits_equal", f"holds a value that is not JSON: {error}"
+            ) from error
     return ProfileQuery(
         identifier_types=types,
         updated_start=convert.to_datetime(updated.start) if updated.HasField("start") else None,
         updated_end=convert.to_datetime(updated.end) if updated.HasField("end") else None,
-        traits_equal=json_format.MessageToDict(message.traits_equal)
-        if message.HasField("traits_equal")
-        else None,
+        traits_equal=traits_equal,
     )
 
 

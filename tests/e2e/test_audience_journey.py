@@ -134,6 +134,10 @@ def test_an_audience_gains_members_from_http_events_and_merges_and_loses_them_wh
                 pb.CheckMembershipRequest(profile=by_user, audience_ids=["recent_pro_buyers"]), metadata=ADMIN
             )
             assert checked.memberships[0].member
+            nobody = identity_pb2.ProfileRef(identifier=identity_pb2.Identifier(type=USER, value="nobody"))
+            with pytest.raises(grpc.RpcError) as refused:
+                segments.CheckMembership(pb.CheckMembershipRequest(profile=nobody), metadata=ADMIN)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # identity's answer, passed on
 
             def listed() -> set[str]:
                 request = identity_pb.ListProfilesRequest(
