@@ -51,6 +51,9 @@ WRITE_KEY = (("authorization", "Bearer dev-write-key"),)
 CREDENTIALS = [ADMIN, ADMIN, ADMIN, WRITE_KEY, WRITE_KEY, (), (("authorization", "Basic !!"),)]
 KNOWN_USER = "fuzz-known-person"
 CALL_TIMEOUT = 60.0
+WATCH_TIMEOUT = 2.0
+"""A watch (WatchMemberships) that was accepted stays open until its deadline: a short one ends it, answered
+DEADLINE_EXCEEDED, so that a few accepted watches do not use up the test's time."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,9 @@ class Cluster:
                     iter(payloads), metadata=metadata, timeout=CALL_TIMEOUT
                 )
             elif method.server_streaming:
+                timeout = WATCH_TIMEOUT if method.name.startswith("Watch") else CALL_TIMEOUT
                 for _ in channel.unary_stream(rpc.path, **identity)(
-                    payloads[0], metadata=metadata, timeout=CALL_TIMEOUT
+                    payloads[0], metadata=metadata, timeout=timeout
                 ):
                     pass
             else:
