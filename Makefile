@@ -76,6 +76,8 @@ bench: setup
 	$(PY) -m bench.identity
 	$(PY) -m bench.runtime
 	$(PY) -m bench.idle
+	$(PY) -m bench.segments.latency
+	$(PY) -m bench.segments --backends sqlite,postgres
 
 clean: down
 	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance cdp/ops
