@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import statistics
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.child import in_child, result_of
 from bench.eventlog.raw import RawPostgres, RawSQLite
 from bench.ingest.load import BATCH, PEOPLE, batches, load_batches, load_tracks
 from cdp.eventlog import open_event_store
@@ -34,22 +34,6 @@ from cdp.runtime.settings import Settings
 from services.ingest.main import build
 
 POSTGRES = os.environ.get("CDP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def in_child(target: Any, *args: Any) -> Any:
-    """Run a load function in a fresh process and wait for its result without blocking the server's loop."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=target, args=(*args, sender))
-    process.start()
-    return process, receiver
-
-
-async def result_of(process: Any, receiver: Any) -> Any:
-    """The child's answer, read in a worker thread so the server in this loop keeps serving."""
-    value = await asyncio.to_thread(receiver.recv)
-    process.join()
-    return value
 
 
 def raw_ceiling(insert: Any, total: int, event_bytes: int) -> float:

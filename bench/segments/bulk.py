@@ -21,7 +21,6 @@ the bound and is not in this figure), measured in a fresh process that only eval
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import random
 import resource
@@ -34,6 +33,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
+from bench.child import in_child, wait_result
 from cdp.sqlengine import create_read_model_engine, create_tables
 from services.segments import sqlcompile
 from services.segments import tables as t
@@ -159,13 +159,7 @@ def evaluation_memory(url: str, sender: Any) -> None:
 
 def measure_memory(url: str) -> tuple[float, float]:
     """Peak RSS (MB) of a fresh process before and after evaluating the audience."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=evaluation_memory, args=(url, sender))
-    process.start()
-    sender.close()  # so that a child that dies makes recv raise instead of waiting for ever
-    found: tuple[float, float] = receiver.recv()
-    process.join()
+    found: tuple[float, float] = wait_result(*in_child(evaluation_memory, url))
     return found
 
 

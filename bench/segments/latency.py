@@ -22,7 +22,6 @@ import asyncio
 import base64
 import http.client
 import json
-import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from bench.child import in_child, wait_result
 from bench.idle import cluster_environ
 from cdp.common.v1 import identity_pb2
 from cdp.eventlog import EventFilter
@@ -222,17 +222,9 @@ def run(args: argparse.Namespace) -> int:
             watcher = Watcher(segments)
             watcher.ready.wait(30)
             time.sleep(1)  # the stream's first read sets its position: it must be open before the load
-            context = multiprocessing.get_context("spawn")
-            receiver, sender = context.Pipe(duplex=False)
             run_id = uuid.uuid4().hex[:6]
-            child = context.Process(
-                target=load,
-                args=(int(env["CDP_HTTP_PORT"]), args.rate, args.seconds, run_id, args.senders, sender),
-            )
-            child.start()
-            sender.close()
-            sent, acks, failures, achieved = receiver.recv()
-            child.join()
+            child = in_child(load, int(env["CDP_HTTP_PORT"]), args.rate, args.seconds, run_id, args.senders)
+            sent, acks, failures, achieved = wait_result(*child)
             complete = wait_for(lambda: len(watcher.arrived) >= len(sent), timeout=120)
             watcher.stop()
             users = profiles_of(f"127.0.0.1:{env['CDP_IDENTITY_PORT']}", sorted(sent))

@@ -4,6 +4,9 @@ status (`to_grpc_status`). The HTTP edge uses the same `classify`, so both edges
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -43,16 +46,20 @@ def _classify_upstream(error: grpc.aio.AioRpcError) -> errors.DomainError | None
     return None
 
 
-def passed_on(error: grpc.aio.AioRpcError, field: str) -> errors.DomainError | None:
-    """Another service's refusal of what this one's caller sent (`field`: where it was in this one's request),
-    as this service's own answer: NOT_FOUND stays NOT_FOUND, INVALID_ARGUMENT names `field`. None for anything
-    else (an outage `classify` recognises, or a bug)."""
-    details = error.details() or ""
-    if error.code() == grpc.StatusCode.NOT_FOUND:
-        return errors.NotFound(details or f"{field}: not found")
-    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        return errors.InvalidInput.field(field, details or "was refused")
-    return None
+@contextlib.contextmanager
+def refusals_passed_on(field: str) -> Iterator[None]:
+    """Around a call to another service of ours: its refusal of what this one's caller sent (`field`: where it
+    was in this one's request) becomes this service's own answer. NOT_FOUND stays NOT_FOUND, INVALID_ARGUMENT
+    names `field`; anything else goes on as it was (an outage `classify` recognises, or a bug)."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        details = error.details() or ""
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            raise errors.NotFound(details or f"{field}: not found") from error
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise errors.InvalidInput.field(field, details or "was refused") from error
+        raise
 
 
 def is_outage(error: errors.DomainError) -> bool:

@@ -8,7 +8,7 @@ import grpc
 
 from cdp.identity.v1 import identity_service_pb2_grpc
 from cdp.runtime import resources
-from cdp.runtime.errors import passed_on
+from cdp.runtime.errors import refusals_passed_on
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
 from cdp.segments.v1 import segments_service_pb2, segments_service_pb2_grpc
@@ -69,16 +69,11 @@ def audience_members(channel: grpc.aio.Channel, token: str) -> AudienceMembers:
     async def members(audience_id: str) -> frozenset[str]:
         request = segments_service_pb2.ListMembersRequest(audience_id=audience_id, chunk_size=5000)
         found: set[str] = set()
-        try:
+        with refusals_passed_on("filter.audience_id"):
             async for chunk in stub.ListMembers(
                 request, metadata=(("authorization", f"Bearer {token}"),), timeout=60
             ):
                 found.update(member.profile_id for member in chunk.members)
-        except grpc.aio.AioRpcError as error:
-            refused = passed_on(error, "filter.audience_id")
-            if refused is None:
-                raise  # an outage (UNAVAILABLE at the edge) or a bug
-            raise refused from error
         return frozenset(found)
 
     return members

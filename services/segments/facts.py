@@ -129,6 +129,19 @@ def write_traits(session: Session, traits: Mapping[str, Mapping[str, Any]], now:
             session.execute(insert(t.trait_leaves), leaves)
 
 
+def add_missing_profiles(session: Session, profile_ids: Sequence[str], now: int) -> None:
+    """A row, without traits, for each of these profiles the read model does not hold yet."""
+    for part in chunks(sorted(profile_ids)):
+        existing = set(
+            session.execute(
+                select(t.profiles.c.profile_id).where(t.profiles.c.profile_id.in_(part))
+            ).scalars()
+        )
+        new = [{"profile_id": p, "traits": {}, "update_time": now} for p in part if p not in existing]
+        if new:
+            session.execute(insert(t.profiles), new)
+
+
 def write_computed(session: Session, profile_id: str, trait_id: str, value: Any, now: int) -> None:
     """Store a computed trait's value for a profile (None: no value)."""
     owner = (t.computed_leaves.c.profile_id == profile_id) & (t.computed_leaves.c.trait_id == trait_id)

@@ -10,7 +10,7 @@ from cdp.common.v1 import identity_pb2
 from cdp.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from cdp.reactor import Reactor
 from cdp.runtime import resources
-from cdp.runtime.errors import passed_on
+from cdp.runtime.errors import refusals_passed_on
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
 from cdp.segments.v1 import segments_service_pb2_grpc
@@ -70,15 +70,10 @@ def identity_resolver(channel: grpc.aio.Channel, token: str, timeout: float) -> 
     async def resolve(ref: identity_pb2.ProfileRef) -> str:
         request = identity_service_pb2.GetProfileRequest(profile=ref)
         request.read_mask.paths.append("profile_id")
-        try:
+        with refusals_passed_on("profile"):
             reply = await stub.GetProfile(
                 request, metadata=(("authorization", f"Bearer {token}"),), timeout=max(timeout, 5.0)
             )
-        except grpc.aio.AioRpcError as error:
-            refused = passed_on(error, "profile")
-            if refused is None:
-                raise  # an outage (UNAVAILABLE at the edge) or a bug
-            raise refused from error
         return str(reply.profile.profile_id)
 
     return resolve

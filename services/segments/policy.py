@@ -622,21 +622,22 @@ class Segmentation(Policy):
             f.write_traits(session, f.fold_traits(session, sorted(batch.traits_dirty)), batch.now)
         if batch.consent_dirty:
             f.write_consent(session, sorted(batch.consent_dirty))
+        needs = self.definitions.event_needs()  # what the definitions read of a profile's messages
         if batch.retraited:
-            self._recompute_traits(session, batch)
+            self._recompute_traits(session, batch, needs)
         touched = sorted(batch.touched)
         for part in chunks(touched):
-            self._evaluate(session, batch, list(part))
+            self._evaluate(session, batch, list(part), needs)
         if batch.redefined:
             self._evaluate_audiences(session, batch)
 
-    def _recompute_traits(self, session: Session, batch: _Batch) -> None:
+    def _recompute_traits(self, session: Session, batch: _Batch, needs: EventNeeds) -> None:
         """A computed trait was (re)defined: compute it for every profile, then re-check audiences using it."""
         everyone = list(
             session.execute(select(t.profiles.c.profile_id).order_by(t.profiles.c.profile_id)).scalars()
         )
         for part in chunks(everyone):
-            for facts in f.load_facts(session, list(part), self.definitions.event_needs()).values():
+            for facts in f.load_facts(session, list(part), needs).values():
                 for trait_id in batch.retraited:
                     self._write_trait(session, facts, trait_id, batch.now)
         for audience in self.definitions.audiences.values():
@@ -659,25 +660,18 @@ class Segmentation(Policy):
             computed[trait_id] = Doc.of(value)
         facts.computed = computed
 
-    def _evaluate(self, session: Session, batch: _Batch, profile_ids: list[str]) -> None:
-        found = f.load_facts(session, profile_ids, self.definitions.event_needs())
+    def _evaluate(self, session: Session, batch: _Batch, profile_ids: list[str], needs: EventNeeds) -> None:
+        found = f.load_facts(session, profile_ids, needs)
         rows = {
             (row.audience_id, row.profile_id): row
             for row in session.execute(
                 select(t.memberships).where(t.memberships.c.profile_id.in_(profile_ids))
             )
         }
-        existing = set(
-            session.execute(
-                select(t.profiles.c.profile_id).where(t.profiles.c.profile_id.in_(profile_ids))
-            ).scalars()
-        )
+        f.add_missing_profiles(session, profile_ids, batch.now)
         aggregates, conds = self.definitions.timed()
         lookup = self.definitions.condition
         dues: list[dict[str, Any]] = []
-        missing = [p for p in profile_ids if p not in existing]
-        if missing:
-            f.write_traits(session, {p: {} for p in missing}, batch.now)
         for profile_id in profile_ids:
             facts = found[profile_id]
             for trait_id in self.definitions.traits:

@@ -349,6 +349,17 @@ class _Compiler:
             ]
         )
 
+    def chosen_by_all(self, aggregate: Aggregate, e: FromClause) -> Predicate:
+        """Every profile's events the aggregate combines: `chosen` without the correlation, for a derived
+        table computed once for all profiles."""
+        return _all(
+            [
+                e.c.profile_id.is_not(None),
+                self.window(aggregate.window, e),
+                self.matching(aggregate.events, e),
+            ]
+        )
+
     def event_condition(self, node: EventCond) -> Predicate:
         positive = POSITIVE_OF.get(node.op)
         if positive is not None:
@@ -418,13 +429,7 @@ class _Compiler:
         if isinstance(having, False_):
             return false()
         correlated = _exists(source, self.chosen(aggregate, e), group_by=e.c.profile_id, having=having)
-        where = _all(
-            [
-                e.c.profile_id.is_not(None),
-                self.window(aggregate.window, e),
-                self.matching(aggregate.events, e),
-            ]
-        )
+        where = self.chosen_by_all(aggregate, e)
         if isinstance(where, False_):
             return false()
         groups = select(e.c.profile_id.label("profile_id")).select_from(source)
@@ -445,26 +450,32 @@ class _Compiler:
         aggregate = node.aggregate
         if aggregate.property is None:
             return false()
-        # Two equivalent shapes: SQLite seeks each profile's index once, fast; PostgreSQL runs a correlated
-        # subquery per profile slowly (6.2 s over 1M) and ranks every profile's events in one pass faster.
-        return ByDialect(self.first_or_last_correlated(node), self.first_or_last_ranked(node))
-
-    def first_or_last_ranked(self, node: EventCond) -> Predicate:
-        """Every profile's first (last) event ranked at once by ROW_NUMBER: PostgreSQL's way."""
-        aggregate = node.aggregate
         e, inner = events.alias(), event_leaves.alias()
         order = (
             (e.c.time, e.c.position) if aggregate.agg is Agg.FIRST else (e.c.time.desc(), e.c.position.desc())
         )
-        # Every profile's first (last) chosen event with a scalar at the property, ranked once in one
-        # uncorrelated derived table that the profile is looked up in (as `in_groups`, for the same reason).
-        where = _all(
-            [
-                e.c.profile_id.is_not(None),
-                self.window(aggregate.window, e),
-                self.matching(aggregate.events, e),
-            ]
+        with_scalar = e.join(
+            inner,
+            and_(
+                inner.c.position == e.c.position,
+                inner.c.path == aggregate.property,
+                inner.c.item.is_(False),
+                inner.c.kind.in_(sorted(SCALAR_KINDS)),
+            ),
         )
+        # Two equivalent shapes: SQLite seeks each profile's index once, fast; PostgreSQL runs a correlated
+        # subquery per profile slowly (6.2 s over 1M) and ranks every profile's events in one pass faster.
+        return ByDialect(
+            self.first_or_last_correlated(node, e, with_scalar, order),
+            self.first_or_last_ranked(node, e, inner, with_scalar, order),
+        )
+
+    def first_or_last_ranked(
+        self, node: EventCond, e: FromClause, inner: FromClause, with_scalar: FromClause, order: Any
+    ) -> Predicate:
+        """Every profile's first (last) chosen event with a scalar at the property, ranked once by ROW_NUMBER in
+        one uncorrelated derived table that the profile is looked up in (as `in_groups`): PostgreSQL's way."""
+        where = self.chosen_by_all(node.aggregate, e)
         if isinstance(where, False_):
             return false()
         ranked = select(
@@ -474,17 +485,7 @@ class _Compiler:
             inner.c.text.label("text"),
             inner.c.time.label("time"),
             func.row_number().over(partition_by=e.c.profile_id, order_by=order).label("rank"),
-        ).select_from(
-            e.join(
-                inner,
-                and_(
-                    inner.c.position == e.c.position,
-                    inner.c.path == aggregate.property,
-                    inner.c.item.is_(False),
-                    inner.c.kind.in_(sorted(SCALAR_KINDS)),
-                ),
-            )
-        )
+        ).select_from(with_scalar)
         if not isinstance(where, True_):
             ranked = ranked.where(where)
         r = ranked.subquery()
@@ -496,30 +497,18 @@ class _Compiler:
             query = query.where(test)
         return exists(query.correlate_except(r))
 
-    def first_or_last_correlated(self, node: EventCond) -> Predicate:
+    def first_or_last_correlated(
+        self, node: EventCond, e: FromClause, with_scalar: FromClause, order: Any
+    ) -> Predicate:
         """Per profile, its first (last) event by an ordered LIMIT 1 on the profile's index: SQLite's way."""
         aggregate = node.aggregate
-        e, inner = events.alias(), event_leaves.alias()
-        order = (
-            (e.c.time, e.c.position) if aggregate.agg is Agg.FIRST else (e.c.time.desc(), e.c.position.desc())
-        )
         position = (
             select(e.c.position)
-            .select_from(
-                e.join(
-                    inner,
-                    and_(
-                        inner.c.position == e.c.position,
-                        inner.c.path == aggregate.property,
-                        inner.c.item.is_(False),
-                        inner.c.kind.in_(sorted(SCALAR_KINDS)),
-                    ),
-                )
-            )
+            .select_from(with_scalar)
             .where(self.chosen(aggregate, e))
             .order_by(*order)
             .limit(1)
-            .correlate_except(e, inner)
+            .correlate_except(*_tables(with_scalar))
             .scalar_subquery()
         )
         leaf = event_leaves.alias()
