@@ -22,9 +22,14 @@ from cdp.events.envelope import (
     from_recorded,
 )
 from cdp.events.governance import (
+    AccessCompleted,
     AccessRequested,
     ConsentChanged,
+    ErasureCompleted,
     ErasureRequested,
+    ReadModelPurged,
+    RequestStepCompleted,
+    RequestStepFailed,
     RetentionPolicySet,
     RetentionRunCompleted,
     SubjectErased,
@@ -66,22 +71,28 @@ CATALOG: dict[str, tuple[type[DomainEvent], ...]] = {
         SubjectSuppressed,
         SubjectUnsuppressed,
         AccessRequested,
+        AccessCompleted,
         ErasureRequested,
+        RequestStepCompleted,
+        RequestStepFailed,
         SubjectErased,
+        ErasureCompleted,
         RetentionPolicySet,
         RetentionRunCompleted,
     ),
-    "platform": (EventParked,),
+    "platform": (EventParked, ReadModelPurged),
 }
-"""Event classes by the service that owns (appends) them; `platform`: what every service's reactor appends."""
+"""Event classes by the service that owns (appends) them; `platform`: what every service's reactor appends.
+
+`ConsentChanged` is governance's; ingest also appends it, in the commit of the message that stated it."""
 
 __all__ = [
-    "CATALOG",
-    "REGISTRY",
+    "AccessCompleted",
     "AccessRequested",
     "AttributeDefined",
     "AudienceArchived",
     "AudienceDefined",
+    "CATALOG",
     "ComputedTraitDefined",
     "ConnectionCreated",
     "ConsentChanged",
@@ -91,6 +102,7 @@ __all__ = [
     "DestinationConfigured",
     "DestinationDisabled",
     "DomainEvent",
+    "ErasureCompleted",
     "ErasureRequested",
     "EventCatalogError",
     "EventMetadata",
@@ -105,6 +117,10 @@ __all__ = [
     "MessagesAttributed",
     "ProfileSplit",
     "ProfilesMerged",
+    "REGISTRY",
+    "ReadModelPurged",
+    "RequestStepCompleted",
+    "RequestStepFailed",
     "RetentionPolicySet",
     "RetentionRunCompleted",
     "SubjectErased",

@@ -74,15 +74,15 @@ class IngestState:
             suppressions_changed |= isinstance(event, SubjectSuppressed | SubjectUnsuppressed)
             if isinstance(event, ConsentChanged):
                 self._merge_consent(session, event)
-            elif isinstance(event, SubjectSuppressed):
+            elif isinstance(event, SubjectSuppressed) and event.subjects():
                 _upsert(
                     session,
                     suppressed_subjects,
-                    [{"subject_id": event.subject_id, "since": recorded.recorded_at}],
+                    [{"subject_id": subject, "since": recorded.recorded_at} for subject in event.subjects()],
                 )
             elif isinstance(event, SubjectUnsuppressed):
                 session.execute(
-                    delete(suppressed_subjects).where(suppressed_subjects.c.subject_id == event.subject_id)
+                    delete(suppressed_subjects).where(suppressed_subjects.c.subject_id.in_(event.subjects()))
                 )
             elif isinstance(event, SubjectErased):
                 session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
