@@ -49,7 +49,8 @@ class SubjectSuppressed(DomainEvent, type_name="SubjectSuppressed"):
 
     subject_id: str = ""
     """One subject (events written before `subject_ids` existed)."""
-    reason: str = "suppressed"
+    reason: str
+    """Why (`suppression request`, `erasure request`…), free of personal data."""
     request_id: str = ""
     subject_ids: tuple[str, ...] = ()
     profile_id: str = ""
@@ -66,6 +67,7 @@ class SubjectUnsuppressed(DomainEvent, type_name="SubjectUnsuppressed"):
     """The suppression of these subjects is lifted; `dsr-<request_id>`."""
 
     subject_id: str = ""
+    reason: str
     request_id: str = ""
     subject_ids: tuple[str, ...] = ()
     profile_id: str = ""
