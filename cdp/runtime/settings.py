@@ -33,6 +33,25 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _SOURCE_ID = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 
+DEFAULT_CONSENT_PURPOSES = (
+    "analytics",
+    "advertising",
+    "marketing",
+    "personalization",
+    "functional",
+    "sale_of_data",
+)
+DEFAULT_CONSENT_REGIMES: Mapping[str, str] = {
+    "eu": "opt_in",
+    "uk": "opt_in",
+    "br": "opt_in",
+    "us": "opt_out",
+    "us-ca": "opt_out",
+}
+CONSENT_REGIMES = ("opt_in", "opt_out")
+_PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_JURISDICTION = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -113,6 +132,17 @@ class Settings:
     unacknowledged send) before it fails as UNAVAILABLE / 503 with Retry-After; also the bound on each health
     probe of the event log and read models."""
 
+    consent_purposes: tuple[str, ...] = DEFAULT_CONSENT_PURPOSES
+    """The consent purposes governance answers for (lower_snake_case, comma-separated): each gets its
+    jurisdiction's default until a decision is recorded, and SetConsent accepts only these."""
+
+    consent_default_jurisdiction: str = "eu"
+    """The jurisdiction of a decision or question that names none; must be one of `consent_regimes`."""
+
+    consent_regimes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CONSENT_REGIMES))
+    """`jurisdiction:regime` pairs, comma-separated (`eu:opt_in,us:opt_out`): `opt_in` denies a purpose until it
+    is granted, `opt_out` grants it until it is denied."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised `CDP_*` variables, kept so a typo can be reported rather than silently ignored."""
 
@@ -185,6 +215,25 @@ class Settings:
             raise SettingsError(
                 f"CDP_DEPENDENCY_TIMEOUT_SECONDS: {self.dependency_timeout_seconds} is not between 0.1 and 300"
             )
+        self._validate_consent()
+
+    def _validate_consent(self) -> None:
+        bad = [p for p in self.consent_purposes if not _PURPOSE.match(p)]
+        if bad or not self.consent_purposes:
+            raise SettingsError(
+                f"CDP_CONSENT_PURPOSES: {bad or 'nothing'} refused (lower_snake_case names, at least one)"
+            )
+        for jurisdiction, regime in self.consent_regimes.items():
+            if not _JURISDICTION.match(jurisdiction) or regime not in CONSENT_REGIMES:
+                raise SettingsError(
+                    f"CDP_CONSENT_REGIMES: {jurisdiction}:{regime} refused "
+                    "(jurisdiction: lowercase letters, digits and -; regime: opt_in or opt_out)"
+                )
+        if self.consent_default_jurisdiction not in self.consent_regimes:
+            raise SettingsError(
+                f"CDP_CONSENT_DEFAULT_JURISDICTION: {self.consent_default_jurisdiction!r} has no regime in "
+                f"CDP_CONSENT_REGIMES ({', '.join(sorted(self.consent_regimes))})"
+            )
 
     def port_of(self, service: str) -> int:
         """The gRPC port a service listens on."""
@@ -217,8 +266,10 @@ def _parse(name: str, raw: str) -> object:
             return float(raw)
         if name in ("data_dir", "master_key_file", "subject_secret_file"):
             return Path(raw)
-        if name == "write_keys":
+        if name in ("write_keys", "consent_purposes"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if name == "consent_regimes":
+            return _pairs(raw)
     except ValueError as error:
         raise SettingsError(f"{variable}: {raw!r} is not valid ({error})") from error
     if name == "env" and raw not in ("development", "production"):
@@ -226,3 +277,16 @@ def _parse(name: str, raw: str) -> object:
     if name == "log_format" and raw not in ("auto", "json", "console"):
         raise SettingsError(f"{variable}: expected 'auto', 'json' or 'console', got {raw!r}")
     return raw
+
+
+def _pairs(raw: str) -> dict[str, str]:
+    """`a:x,b:y` → {"a": "x", "b": "y"}; ValueError for an item without a colon or a repeated key."""
+    pairs: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition(":")
+        if not sep or key.strip() in pairs:
+            raise ValueError(f"{item!r} is not a new `key:value` pair")
+        pairs[key.strip()] = value.strip()
+    return pairs

@@ -217,7 +217,14 @@ class Collector:
             purposes = consent_change(item.message, consent.get(item.subject_id))
             if purposes is not None:
                 consent[item.subject_id] = {**consent.get(item.subject_id, {}), **purposes}
-                change = ConsentChanged(subject_id=item.subject_id, purposes=purposes, source_id=source_id)
+                change = ConsentChanged(
+                    subject_id=item.subject_id,
+                    purposes=purposes,
+                    source_id=source_id,
+                    source="message",
+                    effective_at=item.message.timestamp,
+                    cause_message_id=item.message.message_id,
+                )
                 consent_event = change.to_new_event(metadata, id=uuid.uuid5(event_id, "consent"))
                 parts.append(StreamAppend(streams.consent_stream(item.subject_id), [consent_event]))
                 owners.append(None)

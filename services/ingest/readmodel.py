@@ -1,5 +1,9 @@
 """Ingest's own read model: consent and suppression per subject.
 
+Governance owns consent state (docs/governance.md); `ingest_consent` is only ingest's memory of the purposes last
+recorded for each subject (by a message or by SetConsent), so that a message restating the same consent does not
+append another `ConsentChanged`. It answers no question about consent for anyone else.
+
 Projected from the log like every read model, so it survives restarts and can be rebuilt. Suppressions are few
 and checked for every message, so they are also held in memory, reloaded after each commit that changed them.
 Deduplication needs no table: a message's event id derives from (source, messageId) and the log refuses to
