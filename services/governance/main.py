@@ -1,14 +1,86 @@
-"""Composition root of governance: settings → adapters → servicer → server."""
+"""Composition root of governance: settings → adapters → consent and request reactors, worker, servicer → server."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
+
+from cdp.common.v1 import identity_pb2
 from cdp.governance.v1 import governance_service_pb2_grpc
+from cdp.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
+from cdp.reactor import Reactor
+from cdp.runtime import resources
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
+from services.governance.application import RequestDesk
+from services.governance.consent import build_consent
+from services.governance.directory import Directory, identity_lookup
 from services.governance.grpc_api import SERVICE, GovernanceServicer
+from services.governance.request_rpcs import RequestRpcs
+from services.governance.requests import RequestLedger, RequestQueries
+from services.governance.worker import ProfileReader, RequestWorker
+
+PURGERS = ("ingest", "identity", "segments")
+"""The services an erasure waits for (each confirms with `ReadModelPurged`); activation joins once it is built."""
 
 
 async def build(settings: Settings) -> ServiceApp:
-    """Wire the governance service for these settings."""
+    """Wire the governance service for these settings; its reactors and request worker run with the server."""
+    service, _ = await assemble(settings)
+    return service
+
+
+async def assemble(settings: Settings) -> tuple[ServiceApp, RequestDesk]:
+    """The service, and its request desk (which tests and benches drive directly)."""
+    store = resources.event_store(settings)
+    keyring = resources.keyring(settings)
+    engine = resources.read_model_engine(settings, "governance")
+    channel = grpc.aio.insecure_channel(f"{settings.host}:{settings.identity_port}")
+    directory = Directory(
+        identity_lookup(channel, settings.admin_token, settings.dependency_timeout_seconds),
+        resources.subject_ids(settings),
+    )
+    consent_reactor, consent_rpcs = await build_consent(settings, store, engine, directory)
+    ledger = Reactor(store, RequestLedger(), engine)
+    queries = RequestQueries(engine)
+    profiles = profile_reader(channel, settings.admin_token, settings.dependency_timeout_seconds)
+    worker = RequestWorker(store, keyring, queries, ledger, profiles, PURGERS)
+    desk = RequestDesk(store, keyring, directory, queries, ledger, worker)
+
+    async def stop() -> None:
+        await channel.close(None)
+        await store.close()
+        await asyncio.to_thread(keyring.close)
+        engine.dispose()
+
     add = governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server
-    return ServiceApp(name="governance", servicers=[(add, GovernanceServicer(), SERVICE.full_name)])
+    service = ServiceApp(
+        name="governance",
+        servicers=[(add, GovernanceServicer(consent_rpcs, RequestRpcs(desk)), SERVICE.full_name)],
+        background=[worker.run, worker.listen],
+        on_stop=[stop],
+        reactors=[consent_reactor, ledger],
+        dependencies=resources.dependencies(store, engine),
+    )
+    return service, desk
+
+
+def profile_reader(channel: grpc.aio.Channel, token: str, timeout: float) -> ProfileReader:
+    """A profile id → identity's whole profile (for access exports); None when identity does not know it."""
+    stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
+
+    async def read(profile_id: str) -> identity_service_pb2.Profile | None:
+        request = identity_service_pb2.GetProfileRequest(profile=identity_pb2.ProfileRef(profile_id=profile_id))
+        try:
+            reply = await stub.GetProfile(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=max(timeout, 10.0)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        profile: identity_service_pb2.Profile = reply.profile
+        return profile
+
+    return read
