@@ -71,7 +71,9 @@ def profile_reader(channel: grpc.aio.Channel, token: str, timeout: float) -> Pro
     stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
 
     async def read(profile_id: str) -> identity_service_pb2.Profile | None:
-        request = identity_service_pb2.GetProfileRequest(profile=identity_pb2.ProfileRef(profile_id=profile_id))
+        request = identity_service_pb2.GetProfileRequest(
+            profile=identity_pb2.ProfileRef(profile_id=profile_id)
+        )
         try:
             reply = await stub.GetProfile(
                 request, metadata=(("authorization", f"Bearer {token}"),), timeout=max(timeout, 10.0)

@@ -113,7 +113,9 @@ class RequestRpcs:
         return reply
 
 
-def request_message(request: Request, identifiers: list[identity_pb2.Identifier] | None = None) -> pb.SubjectRequest:
+def request_message(
+    request: Request, identifiers: list[identity_pb2.Identifier] | None = None
+) -> pb.SubjectRequest:
     """A request as the API shows it (identifiers by type only unless given in full)."""
     message = pb.SubjectRequest(
         request_id=request.request_id,
@@ -160,7 +162,9 @@ def _typed(identifier_type: str) -> identity_pb2.Identifier:
         return identity_pb2.Identifier(
             type=identity_pb2.IDENTIFIER_TYPE_EXTERNAL, namespace=identifier_type.removeprefix("external:")
         )
-    return identity_pb2.Identifier(type=TYPE_ENUMS.get(identifier_type, identity_pb2.IDENTIFIER_TYPE_UNSPECIFIED))
+    return identity_pb2.Identifier(
+        type=TYPE_ENUMS.get(identifier_type, identity_pb2.IDENTIFIER_TYPE_UNSPECIFIED)
+    )
 
 
 def _step(step: Step) -> pb.RequestStep:
@@ -200,7 +204,9 @@ def _reference(request: Any) -> str:
     if len(reference) > MAX_REFERENCE:
         raise InvalidInput.field("external_reference", f"must be at most {MAX_REFERENCE} characters")
     if "@" in reference:
-        raise InvalidInput.field("external_reference", "must not be an e-mail address (it is kept after erasure)")
+        raise InvalidInput.field(
+            "external_reference", "must not be an e-mail address (it is kept after erasure)"
+        )
     return reference
 
 

@@ -176,7 +176,10 @@ class RequestQueries:
         if after is not None:
             at, request_id = after
             query = query.where(
-                or_(table.c.requested_at < at, and_(table.c.requested_at == at, table.c.request_id < request_id))
+                or_(
+                    table.c.requested_at < at,
+                    and_(table.c.requested_at == at, table.c.request_id < request_id),
+                )
             )
         query = query.order_by(table.c.requested_at.desc(), table.c.request_id.desc()).limit(size + 1)
         with self._engine.connect() as connection:

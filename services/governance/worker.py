@@ -22,6 +22,7 @@ steps 1 and 3) is erased too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -104,17 +105,13 @@ class RequestWorker:
                 raise
             except Exception as error:  # the log or the read model away: look again shortly
                 log.warning("governance_worker_paused", error=describe(error))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
-            except TimeoutError:
-                pass
 
     async def listen(self) -> None:
         """Wake the worker whenever a service confirms a purge (so an erasure moves on at once)."""
         head = await self._store.head_position()
-        confirmations = self._store.subscribe(
-            head, filter=_types(ReadModelPurged)
-        )
+        confirmations = self._store.subscribe(head, filter=_types(ReadModelPurged))
         async for _ in confirmations:
             self.wake()
 
@@ -128,7 +125,7 @@ class RequestWorker:
             return request
         step = "?"
         try:
-            while request is not None and request.state is not State.COMPLETED:
+            while request is not None and request.completed_at is None:
                 step = self._next_step(request)
                 if step == "":  # waiting for confirmations
                     break
@@ -144,7 +141,11 @@ class RequestWorker:
             self._failures[request_id] = (failures, time.monotonic() + pause)
             log.error("governance_step_failed", request_id=request_id, step=step, error=describe(error))
             failed = RequestStepFailed(
-                request_id=request_id, step=step, error=describe(error)[:500], attempt=failures, failed_at=_now()
+                request_id=request_id,
+                step=step,
+                error=describe(error)[:500],
+                attempt=failures,
+                failed_at=_now(),
             )
             await self._record(request_id, failed, f"failed:{step}:{failures}")
             return await self.read(request_id)
@@ -229,10 +230,8 @@ class RequestWorker:
     async def _erase_log(self, request: Request) -> None:
         plan = await self._plan(request)
         for stream in plan.own_streams:
-            try:
+            with contextlib.suppress(StreamDeleted):
                 await self._store.delete_stream(stream)
-            except StreamDeleted:
-                pass
         detail = ""
         changes = plan.changes()
         edited = 0
@@ -293,11 +292,13 @@ class RequestWorker:
             await self._step(request, dsr.STARTED, {})
         export, counts = await self._build_export(request)
         primary = request.subject_ids[0]
-        sealed = await asyncio.to_thread(
-            self._keyring.encrypt_value, primary, export, context=EXPORT_CONTEXT
-        )
+        sealed = await asyncio.to_thread(self._keyring.encrypt_value, primary, export, context=EXPORT_CONTEXT)
         event = AccessCompleted(
-            request_id=request.request_id, sealed_for=primary, export=sealed, counts=counts, completed_at=_now()
+            request_id=request.request_id,
+            sealed_for=primary,
+            export=sealed,
+            counts=counts,
+            completed_at=_now(),
         )
         await self._record(request.request_id, event, "completed")
 
@@ -365,9 +366,7 @@ class RequestWorker:
         }
         return export, counts
 
-    async def _step(
-        self, request: Request, step: str, counts: Mapping[str, int], detail: str = ""
-    ) -> None:
+    async def _step(self, request: Request, step: str, counts: Mapping[str, int], detail: str = "") -> None:
         event = RequestStepCompleted(
             request_id=request.request_id, step=step, detail=detail, counts=dict(counts), completed_at=_now()
         )

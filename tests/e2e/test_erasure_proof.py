@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.protobuf import json_format
 from segment.analytics.client import Client as SegmentClient  # type: ignore[import-untyped]
 
-from cdp.common.v1 import identity_pb2
-from cdp.common.v1 import message_pb2
+from cdp.common.v1 import identity_pb2, message_pb2
 from cdp.governance.v1 import governance_service_pb2 as gov
 from cdp.governance.v1 import governance_service_pb2_grpc
 from cdp.identity.v1 import identity_service_pb2 as identity_pb
@@ -59,7 +59,9 @@ BRUNO = {
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def cluster(request: pytest.FixtureRequest, cluster_env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]]:
+def cluster(
+    request: pytest.FixtureRequest, cluster_env: dict[str, str]
+) -> Iterator[tuple[dict[str, str], str]]:
     schema = ""
     if request.param == "postgres":
         schema = f"test_erasure_{uuid.uuid4().hex[:10]}"
@@ -136,7 +138,7 @@ def send(sdk: SegmentClient, person: dict[str, str], plan: str) -> None:
     sdk.track(person["user_id"], "Order Completed", {"revenue": 42, "shipping_name": person["name"]})
 
 
-def by(kind: int, value: str) -> identity_pb2.ProfileRef:
+def by(kind: identity_pb2.IdentifierType, value: str) -> identity_pb2.ProfileRef:
     return identity_pb2.ProfileRef(identifier=identity_pb2.Identifier(type=kind, value=value))
 
 
@@ -172,7 +174,9 @@ def test_an_erased_person_is_in_no_file_and_everyone_else_is_intact(
         governance = governance_service_pb2_grpc.GovernanceServiceStub(governance_channel)
         ingest = ingest_service_pb2_grpc.IngestServiceStub(ingest_channel)
 
-        audience = seg.Audience(audience_id="pro_plan", display_name="Pro plan", expression='traits.plan = "pro"')
+        audience = seg.Audience(
+            audience_id="pro_plan", display_name="Pro plan", expression='traits.plan = "pro"'
+        )
         segments.CreateAudience(seg.CreateAudienceRequest(audience=audience), metadata=ADMIN, timeout=60)
         send(sdk, ERIN, "pro")
         send(sdk, BRUNO, "pro")
@@ -208,17 +212,24 @@ def test_an_erased_person_is_in_no_file_and_everyone_else_is_intact(
 
         # Erasure by e-mail, with suppression: received → in progress → completed, with a receipt.
         opened = governance.RequestErasure(
-            gov.RequestErasureRequest(subject=by(EMAIL, ERIN["email"]), suppress=True, external_reference="T-1"),
+            gov.RequestErasureRequest(
+                subject=by(EMAIL, ERIN["email"]), suppress=True, external_reference="T-1"
+            ),
             metadata=ADMIN,
         ).request
         assert opened.kind == gov.REQUEST_KIND_ERASURE
         assert {i.value for i in opened.identifiers} >= {ERIN["email"], ERIN["user_id"], ERIN["anonymous_id"]}
         erased = wait_until(lambda: completed(governance, opened.request_id), "the erasure completed", 120)
-        receipt = dict(erased.receipt)
+        receipt: dict[str, Any] = json.loads(json_format.MessageToJson(erased.receipt))
         print(f"\nerasure receipt: {json.dumps(receipt, default=str)[:600]}")
         assert receipt["seconds"] < 60 and receipt["events_deleted"] >= 4 and receipt["keys_shredded"] >= 3
         assert erased.complete_time.ToDatetime() <= erased.due_time.ToDatetime()
-        assert {s.name for s in erased.steps} >= {"keys_destroyed", "announced", "log_erased", "purged:identity"}
+        assert {s.name for s in erased.steps} >= {
+            "keys_destroyed",
+            "announced",
+            "log_erased",
+            "purged:identity",
+        }
         assert all(not i.value for i in erased.identifiers)  # the request keeps types, never the values
 
         # Nothing of Erin in any file, nor any table.
@@ -228,7 +239,9 @@ def test_an_erased_person_is_in_no_file_and_everyone_else_is_intact(
 
         # Erin is gone from identity and segments; her next message is refused as suppressed.
         assert profile(ERIN) is None
-        late = message_pb2.Message(type=message_pb2.MESSAGE_TYPE_TRACK, user_id=ERIN["user_id"], event="Login")
+        late = message_pb2.Message(
+            type=message_pb2.MESSAGE_TYPE_TRACK, user_id=ERIN["user_id"], event="Login"
+        )
         result = ingest.Batch(ingest_pb.BatchRequest(messages=[late]), metadata=WRITE).results[0]
         assert (result.status, result.reason) == (
             ingest_pb.MESSAGE_STATUS_REJECTED,
@@ -243,7 +256,7 @@ def test_an_erased_person_is_in_no_file_and_everyone_else_is_intact(
             gov.RequestAccessRequest(subject=by(USER, BRUNO["user_id"])), metadata=ADMIN
         ).request
         exported = wait_until(lambda: completed(governance, access.request_id), "Bruno's export", 60)
-        export = json.loads(json.dumps(dict(exported.export), default=str))
+        export: dict[str, Any] = json.loads(json_format.MessageToJson(exported.export))
         sent = json.dumps(export)
         assert all(BRUNO[k] in sent for k in ("email", "name", "phone", "user_id"))
         assert len(export["messages"]) == 4
