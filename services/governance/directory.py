@@ -66,7 +66,9 @@ def type_name(identifier: identity_pb2.Identifier, path: str) -> str:
     if identifier.type == identity_pb2.IDENTIFIER_TYPE_EXTERNAL:
         namespace = identifier.namespace.strip()
         if not namespace or namespace != namespace.lower() or " " in namespace:
-            raise errors.InvalidInput.field(f"{path}.namespace", "is required for EXTERNAL (lower_snake_case)")
+            raise errors.InvalidInput.field(
+                f"{path}.namespace", "is required for EXTERNAL (lower_snake_case)"
+            )
         return EXTERNAL_PREFIX + namespace
     if identifier.namespace:
         raise errors.InvalidInput.field(f"{path}.namespace", "is only for EXTERNAL identifiers")
@@ -109,7 +111,9 @@ class Directory:
         found = [own] if own is not None else []
         for item in profile.identifiers:
             kind = type_name(item.identifier, f"{path}.identifier")
-            found.append(PersonIdentifier(kind, item.identifier.value, self._hasher(kind, item.identifier.value)))
+            found.append(
+                PersonIdentifier(kind, item.identifier.value, self._hasher(kind, item.identifier.value))
+            )
         unique = tuple({i.subject_id: i for i in found}.values())
         profiles = tuple(dict.fromkeys([profile.profile_id, *profile.merged_profile_ids]))
         return Person(profile.profile_id, profiles, unique)

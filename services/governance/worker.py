@@ -240,8 +240,10 @@ class RequestWorker:
                 edited = await self._store.erase_events(changes)
             except EventStoreError as error:  # a backend that cannot edit single events (KurrentDB)
                 detail = f"{len(changes)} shared events naming the person kept: {describe(error)}"[:500]
-        reclaimed = await self._store.reclaim()
-        counts = plan.counts() | {"events_changed": edited, "log_reclaimed": int(bool(reclaimed))}
+        if not await self._store.reclaim():
+            # The removed bytes may linger in the log's files (SQLite: readers held the WAL): not done yet.
+            raise LogNotReclaimed("the log's files could not be scrubbed yet (readers held them); retrying")
+        counts = plan.counts() | {"events_changed": edited}
         await self._step(request, dsr.LOG_ERASED, counts, detail)
 
     async def _complete(self, request: Request) -> None:
@@ -376,6 +378,10 @@ class RequestWorker:
         """Append to the request's stream with an id derived from the request and `key` (a retry appends once)."""
         new = event.to_new_event(ACTOR, id=derived_id(request_id, key))
         await self._store.append(streams.request_stream(request_id), [new])
+
+
+class LogNotReclaimed(Exception):
+    """The log could not yet make removed events unrecoverable from its files; the step is retried."""
 
 
 class _Plan:
