@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -39,6 +41,7 @@ __all__ = [  # EventIdConflict moved to the port; importing it from here keeps w
     "encode_metadata",
     "first_visible_position",
     "follow",
+    "matching_rows",
     "metadata_from_columns",
     "oldest_visible_time",
     "plan_append_many",
@@ -211,6 +214,26 @@ def _plan_part(
     return known[part.events[-1].id]
 
 
+def matching_rows(rows: Sequence[tuple[int, str, bytes]], needles: Sequence[bytes]) -> list[int]:
+    """The positions of the (position, stream, data) rows whose stream or data contains a needle.
+
+    The rows' names and bodies are joined, NUL-separated (a needle is printable, so no match spans two
+    rows), and each needle is found with `bytes.find` (C, ~3 GB/s here): a few dozen needles over a page of
+    rows cost a few dozen scans instead of a Python call per row and needle.
+    """
+    found: set[int] = set()
+    for haystacks in ([r[1].encode() for r in rows], [r[2] for r in rows]):
+        joined = b"\0".join(haystacks)
+        starts = list(itertools.accumulate((len(h) + 1 for h in haystacks), initial=0))
+        for needle in needles:
+            at = joined.find(needle)
+            while at >= 0:
+                row = bisect.bisect_right(starts, at) - 1
+                found.add(row)
+                at = joined.find(needle, starts[row + 1])
+    return [rows[i][0] for i in sorted(found)]
+
+
 _JSON = json.JSONEncoder(separators=(",", ":"))
 """One encoder: `json.dumps` with options builds a new one per call, a third of its cost."""
 
@@ -255,6 +278,8 @@ class ChangeSignal:
     def __init__(self) -> None:
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.edits = 0
+        """Bumped by every in-process `erase_events`: a subscription drops the rest of a page read before."""
 
     def arm(self) -> asyncio.Event:
         """The event the next notify() sets; take it before reading the log."""
@@ -268,6 +293,11 @@ class ChangeSignal:
         event, self._event = self._event, None
         if event is not None:
             event.set()
+
+    def edited(self) -> None:
+        """Stored events were erased or rewritten: pages read before must not be delivered any more."""
+        self.edits += 1
+        self.notify()
 
 
 ReadPage = Callable[[int, int, EventFilter], Awaitable[tuple[list[RecordedEvent], int]]]
@@ -288,16 +318,26 @@ async def follow(
     The signal is armed before each read, so a notify() sent after a commit became visible either precedes
     the arming (the read sees the commit) or ends the wait. The backstop only covers a notification that
     never came (a writer that does not notify, a broken watch or listener).
+
+    An `erase_events` of this process (`signal.edited()`) makes it drop the rest of a page read before the
+    erasure and read again after the last event delivered, so it never delivers an erased or rewritten body
+    it had read earlier. An erasure by another process is not signalled: the rest of one page read before it
+    may still be delivered with the old bodies.
     """
     position = after
     while True:
         armed = signal.arm()
+        edits = signal.edits
         events, examined = await read_page(position, page_size, event_filter)
         for event in events:
+            if signal.edits != edits:
+                break
             yield event
-        position = max(position, examined)
-        if len(events) < page_size:
-            await _wait(armed, backstop)
+            position = event.global_position
+        else:
+            position = max(position, examined)
+            if len(events) < page_size:
+                await _wait(armed, backstop)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

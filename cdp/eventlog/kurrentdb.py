@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from kurrentdbclient import AsyncKurrentDBClient, StreamState
 from kurrentdbclient import NewEvent as KurrentNewEvent
 from kurrentdbclient import RecordedEvent as KurrentRecordedEvent
@@ -57,6 +58,8 @@ from cdp.eventlog.port import (
     StreamMetadata,
     WrongExpectedVersion,
 )
+
+log = structlog.get_logger(__name__)
 
 _STATES = {
     ExpectedVersion.ANY: StreamState.ANY,
@@ -308,6 +311,18 @@ class KurrentDBEventStore(EventStore):
         return StreamMetadata(
             max_age=None if age is None else timedelta(seconds=age), max_count=current.get("$maxCount")
         )
+
+    async def reclaim(self) -> bool:
+        """Nothing this client can do: deleted and truncated events stay in the server's chunk files (and
+        in `$all`) until an operator runs a scavenge, so this logs that and answers False.
+
+        `erase_events` is the port's default (`PhysicalEditUnsupported`): KurrentDB cannot delete or rewrite
+        single events, only whole streams (`delete_stream`) or their beginnings (`truncate_stream`).
+        """
+        log.warning(
+            "eventlog_reclaim_needs_scavenge", reason="KurrentDB removes deleted events at a scavenge"
+        )
+        return False
 
     async def head_position(self) -> int:
         """The commit position of the newest user event, or START."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,6 +33,8 @@ from cdp.eventlog.port import (
     StreamAppend,
     StreamMetadata,
     check_parts,
+    names_any,
+    naming_terms,
 )
 
 
@@ -199,6 +202,40 @@ class InMemoryEventStore(EventStore):
             del self._ids[event.id]
         self._log = [e for e in self._log if e.global_position not in gone]
         self._positions = [e.global_position for e in self._log]
+
+    async def events_naming(
+        self, terms: Sequence[str], *, skip_categories: Sequence[str] = ()
+    ) -> list[RecordedEvent]:
+        """Every stored event (hidden by retention or not) whose stream name or body contains a term."""
+        self._check_open()
+        needles = naming_terms(terms)
+        skipped = set(skip_categories)
+        return [e for e in self._log if needles and e.category not in skipped and names_any(e, needles)]
+
+    async def erase_events(self, changes: Mapping[uuid.UUID, bytes | None]) -> int:
+        """Delete (None) or rewrite the body of stored events at once; how many were changed."""
+        self._check_open()
+        known = {event_id: self._ids[event_id] for event_id in changes if event_id in self._ids}
+        if not known:
+            return 0
+        gone = [event for event_id, event in known.items() if changes[event_id] is None]
+        rewritten = {
+            event_id: dataclasses.replace(event, data=body)
+            for event_id, event in known.items()
+            if (body := changes[event_id]) is not None
+        }
+        self._forget(gone)
+        for event in gone:
+            state = self._streams[event.stream]
+            state.events = [e for e in state.events if e.id != event.id]
+        if rewritten:
+            self._log = [rewritten.get(e.id, e) for e in self._log]
+            self._ids.update(rewritten)
+            for stream in {e.stream for e in rewritten.values()}:
+                state = self._streams[stream]
+                state.events = [rewritten.get(e.id, e) for e in state.events]
+        self._signal.edited()
+        return len(known)
 
     async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
         """Set the retention enforced on the stream's reads."""

@@ -138,6 +138,10 @@ class EventStoreUnavailable(EventStoreError):
     """A transient fault (connection lost, server busy): the caller may retry with backoff."""
 
 
+class PhysicalEditUnsupported(EventStoreError):
+    """The backend cannot delete or rewrite single events (KurrentDB): only whole streams can be removed."""
+
+
 class EventStore(abc.ABC):
     """An append-only log of events, grouped into streams, totally ordered by global position."""
 
@@ -200,6 +204,52 @@ class EventStore(abc.ABC):
     async def truncate_stream(self, stream: str, before: int) -> None:
         """Physically remove the events of the stream whose stream position is below `before`."""
 
+    async def events_naming(
+        self, terms: Sequence[str], *, skip_categories: Sequence[str] = ()
+    ) -> list[RecordedEvent]:
+        """Every stored event whose stream name or body contains any of `terms`, in global order.
+
+        Terms are plain ASCII substrings (subject ids, profile ids), matched byte for byte against the stream
+        name and the event's data; streams whose category is in `skip_categories` are left out. An empty term
+        is refused (it would name every event). This default pages through `read_all`, so it sees what
+        `read_all` returns (KurrentDB); SQLite, PostgreSQL and the in-memory store search in the database and
+        also find events that retention already hides but has not pruned yet.
+        """
+        needles = naming_terms(terms)
+        if not needles:
+            return []
+        skipped = set(skip_categories)
+        found: list[RecordedEvent] = []
+        position = START
+        while True:
+            page = await self.read_all(position, limit=NAMING_PAGE)
+            found.extend(e for e in page if e.category not in skipped and names_any(e, needles))
+            if len(page) < NAMING_PAGE:
+                return found
+            position = page[-1].global_position
+
+    async def erase_events(self, changes: Mapping[uuid.UUID, bytes | None]) -> int:
+        """Physically delete (None) or rewrite the body of (bytes) stored events, atomically; how many changed.
+
+        An event keeps its id, stream, positions, type, metadata and time; unknown ids are ignored. A deleted
+        event leaves a hole, like `truncate_stream`: the stream's version does not change. Later reads and
+        subscriptions see the change; the old bytes stay in the backend's files until `reclaim`. This default
+        raises `PhysicalEditUnsupported` (KurrentDB can only remove whole streams).
+        """
+        raise PhysicalEditUnsupported(
+            f"{type(self).__name__} cannot delete or rewrite single events; delete or truncate the stream"
+        )
+
+    async def reclaim(self) -> bool:
+        """Make what was physically removed unrecoverable from the backend's own files, as far as it can.
+
+        True when that is done (SQLite: WAL checkpointed and truncated; PostgreSQL: vacuumed); False when it
+        could not be done now (SQLite: readers held the WAL past the wait; retry later) or cannot be done by
+        the adapter at all (KurrentDB: removed events stay in its chunks until an operator's scavenge). This
+        default has nothing to reclaim (nothing removed lingers in memory).
+        """
+        return True
+
     @abc.abstractmethod
     async def set_stream_metadata(self, stream: str, metadata: StreamMetadata) -> None:
         """Set the retention the backend enforces on the stream."""
@@ -220,6 +270,26 @@ class EventStore(abc.ABC):
 def stream_category(stream: str) -> str:
     """`profile-abc` → `profile`; a stream without '-' is its own category."""
     return stream.split("-", 1)[0]
+
+
+NAMING_PAGE = 1000
+"""Events per `read_all` page in the default `events_naming`."""
+
+
+def naming_terms(terms: Sequence[str]) -> list[bytes]:
+    """The distinct terms of `events_naming` as bytes; ValueError for an empty or non-ASCII term."""
+    needles: dict[bytes, None] = {}
+    for term in terms:
+        if not term or not term.isascii() or not term.isprintable():
+            raise ValueError(f"events_naming needs non-empty printable ASCII terms, got {term!r}")
+        needles[term.encode("ascii")] = None
+    return list(needles)
+
+
+def names_any(event: RecordedEvent, needles: Sequence[bytes]) -> bool:
+    """Whether the event's stream name or body contains one of the (ASCII) needles."""
+    stream = event.stream.encode()
+    return any(n in stream or n in event.data for n in needles)
 
 
 def check_parts(appends: Sequence[StreamAppend]) -> None:

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import re
 import select
+import uuid
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -53,6 +54,8 @@ from cdp.eventlog.port import (
     StreamMetadata,
     WrongExpectedVersion,
     check_parts,
+    names_any,
+    naming_terms,
     stream_category,
 )
 from cdp.sqlengine import DEPENDENCY_TIMEOUT, postgres_timeouts
@@ -179,6 +182,10 @@ INSERT INTO {s}.streams (stream, last_position, deleted)
 SELECT u.stream, u.pos, false FROM unnest(%b::TEXT[], %b::BIGINT[]) AS u(stream, pos)
     ON CONFLICT (stream) DO UPDATE SET last_position = excluded.last_position, deleted = false
 """
+
+
+_NAMING_TERMS = 16
+"""Terms per `events_naming` query (OR-ed `position` tests; each query is one scan of the table)."""
 
 
 def _row_to_event(row: Sequence[Any]) -> RecordedEvent:
@@ -566,6 +573,68 @@ class PostgresEventStore(EventStore):
                 (stream,),
             ),
         )
+
+    async def events_naming(
+        self, terms: Sequence[str], *, skip_categories: Sequence[str] = ()
+    ) -> list[RecordedEvent]:
+        """Every stored event (hidden by retention or not) whose stream name or body contains a term.
+
+        One scan of the table per 16 terms, in the server (`strpos` on the name, bytea `position` on the
+        body, a parallel sequential scan); results of several scans are merged in global order.
+        """
+        needles = naming_terms(terms)
+        found: dict[int, RecordedEvent] = {}
+        for i in range(0, len(needles), _NAMING_TERMS):
+            chunk = needles[i : i + _NAMING_TERMS]
+            tests = " OR ".join(
+                f"strpos(e.stream, %(t{j})s) > 0 OR position(%(b{j})s::BYTEA IN e.data) > 0"
+                for j in range(len(chunk))
+            )
+            params: dict[str, Any] = {"skip": list(skip_categories)}
+            for j, needle in enumerate(chunk):
+                params[f"t{j}"], params[f"b{j}"] = needle.decode(), needle
+            query = self._sql(
+                f"SELECT {_COLUMNS} FROM {{s}}.events e"
+                f" WHERE NOT (e.category = ANY(%(skip)s::TEXT[])) AND ({tests})"
+            )
+            async with self._connection() as conn:
+                cursor = await conn.execute(query, params)
+                found.update((r[3], _row_to_event(r)) for r in await cursor.fetchall())
+        return [found[p] for p in sorted(found) if names_any(found[p], needles)]
+
+    async def erase_events(self, changes: Mapping[uuid.UUID, bytes | None]) -> int:
+        """Delete or rewrite the body of stored events in one transaction under the append lock."""
+        deleted = [i for i, body in changes.items() if body is None]
+        rewritten = [(i, body) for i, body in changes.items() if body is not None]
+        if not changes:
+            return 0
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            gone = await conn.execute(
+                self._sql("DELETE FROM {s}.events WHERE event_id = ANY(%b::UUID[])"), (deleted,)
+            )
+            changed = await conn.execute(
+                self._sql(
+                    "UPDATE {s}.events e SET data = u.d FROM unnest(%b::UUID[], %b::BYTEA[]) AS u(id, d)"
+                    " WHERE e.event_id = u.id"
+                ),
+                ([i for i, _ in rewritten], [body for _, body in rewritten]),
+            )
+            count = max(gone.rowcount, 0) + max(changed.rowcount, 0)
+        self._signal.edited()
+        return count
+
+    async def reclaim(self) -> bool:
+        """VACUUM the log's tables, so removed rows are no longer kept as dead tuples for old snapshots.
+
+        VACUUM cannot remove a row an open transaction (of any session) may still see; it then leaves it,
+        and a later reclaim removes it. Not `VACUUM FULL` (it locks the log against appends while rewriting
+        it). PostgreSQL's WAL (pg_wal) keeps the removed bodies until its segments are recycled, and
+        backups keep them for good: crypto-shredding (destroying the subject's keys) covers those.
+        """
+        async with self._connection() as conn:
+            await conn.execute(self._sql("VACUUM {s}.events, {s}.streams"))
+        return True
 
     async def _locked(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
         """Run statements in one transaction holding the append lock, so no append interleaves."""

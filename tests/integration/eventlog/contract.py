@@ -25,6 +25,7 @@ from cdp.eventlog import (
     EventStoreError,
     ExpectedVersion,
     NewEvent,
+    PhysicalEditUnsupported,
     RecordedEvent,
     StreamAppend,
     StreamMetadata,
@@ -89,6 +90,12 @@ class EventStoreContract(abc.ABC):
 
     refuses_partial_overlap = True
     """Whether an append whose ids are partly stored already (or stored in another stream) is refused."""
+
+    edits_single_events = True
+    """Whether `erase_events` deletes and rewrites single events (False: it raises PhysicalEditUnsupported)."""
+
+    reclaims = True
+    """What `reclaim` answers on an idle log (KurrentDB: False, scavenging is the operator's)."""
 
     @abc.abstractmethod
     async def open_store(self) -> EventStore:
@@ -611,6 +618,87 @@ class EventStoreContract(abc.ABC):
         if self.retention_hides_from_read_all:
             seen = await store.read_all(head, filter=EventFilter(categories=(cat,)))
             assert [e.data for e in seen] == [b"new0"]
+
+    # -- physical edits for erasure ----------------------------------------------------------------------
+
+    async def test_events_naming_finds_stream_names_and_bodies_in_global_order(
+        self, store: EventStore, cat: str
+    ) -> None:
+        subject, profile = uuid.uuid4().hex, str(uuid.uuid4())
+        await store.append(f"{cat}-{subject}", [NewEvent("ByName", b'{"x":1}')])
+        await store.append(
+            f"{cat}-shared",
+            [NewEvent("ByBody", f'{{"profiles":["{profile}"]}}'.encode()), NewEvent("Nobody", b'{"x":2}')],
+        )
+        await store.append(f"{cat}skip-1", [NewEvent("Skipped", f'{{"s":"{subject}"}}'.encode())])
+        await store.append(f"{cat}-later", [NewEvent("Later", f'{{"s":"{subject}x"}}'.encode())])
+        everywhere = await store.events_naming([subject, profile])
+        assert [e.type for e in everywhere] == ["ByName", "ByBody", "Skipped", "Later"]
+        positions = [e.global_position for e in everywhere]
+        assert positions == sorted(positions)
+        assert everywhere[1].data == f'{{"profiles":["{profile}"]}}'.encode()
+        skipped = await store.events_naming([profile, subject], skip_categories=[f"{cat}skip", "other"])
+        assert [e.type for e in skipped] == ["ByName", "ByBody", "Later"]
+        many = [uuid.uuid4().hex for _ in range(40)]
+        assert [e.type for e in await store.events_naming([*many, profile, *many])] == ["ByBody"]
+        assert await store.events_naming([uuid.uuid4().hex]) == []
+        assert await store.events_naming([]) == []
+        with pytest.raises(ValueError):
+            await store.events_naming([subject, ""])
+
+    async def test_erase_events_deletes_and_rewrites_in_place(self, store: EventStore, cat: str) -> None:
+        head = await store.head_position()
+        mine = EventFilter(categories=(cat,))
+        a = new_events(3, prefix="a")
+        await store.append(f"{cat}-a", a)
+        await store.append(f"{cat}-b", new_events(2, prefix="b"))
+        before = await store.read_all(head, filter=mine)
+        changes: dict[uuid.UUID, bytes | None] = {a[1].id: None, a[2].id: b"rewritten", uuid.uuid4(): None}
+        if not self.edits_single_events:
+            with pytest.raises(PhysicalEditUnsupported):
+                await store.erase_events(changes)
+            return
+        assert await store.erase_events(changes) == 2
+        after = await store.read_all(head, filter=mine)
+        kept = [e for e in before if e.id != a[1].id]
+        assert [
+            (e.id, e.stream, e.stream_position, e.global_position, e.type, e.metadata) for e in after
+        ] == [(e.id, e.stream, e.stream_position, e.global_position, e.type, e.metadata) for e in kept]
+        assert [e.data for e in after] == [b"a0", b"rewritten", b"b0", b"b1"]
+        assert [e.data for e in await store.read_stream(f"{cat}-a")] == [b"a0", b"rewritten"]
+        assert [e.stream_position for e in await store.read_stream(f"{cat}-a", backwards=True)] == [2, 0]
+        async with subscription(store, head, filter=mine) as events:
+            assert [e.data for e in await take(events, 4)] == [b"a0", b"rewritten", b"b0", b"b1"]
+            assert await nothing_more(events)
+        assert [e.data for e in await store.events_naming([f"{cat}-a"])] == [b"a0", b"rewritten"]
+        assert await store.erase_events({a[1].id: None}) == 0
+        assert await store.erase_events({}) == 0
+        assert (await store.append(f"{cat}-a", new_events(1, prefix="x"), 2)).stream_position == 3
+
+    async def test_a_live_subscription_never_delivers_an_erased_body(
+        self, store: EventStore, cat: str
+    ) -> None:
+        if not self.edits_single_events:
+            pytest.skip("this backend cannot erase single events")
+        head = await store.head_position()
+        events_ = new_events(4, prefix="s")
+        await store.append(f"{cat}-a", events_)
+        async with subscription(store, head, filter=EventFilter(categories=(cat,))) as events:
+            assert [e.data for e in await take(events, 1)] == [b"s0"]  # the page read holds all four
+            assert await store.erase_events({events_[1].id: None, events_[2].id: b"new"}) == 2
+            assert [e.data for e in await take(events, 2)] == [b"new", b"s3"]
+            await store.erase_events({events_[0].id: b"too late"})
+            await store.append(f"{cat}-a", new_events(1, prefix="live"))
+            assert [e.data for e in await take(events, 1)] == [b"live0"]
+
+    async def test_reclaim_runs(self, store: EventStore, cat: str) -> None:
+        events_ = new_events(2)
+        await store.append(f"{cat}-a", events_)
+        if self.edits_single_events:
+            await store.erase_events({events_[0].id: None})
+        await store.delete_stream(f"{cat}-a")
+        assert await store.reclaim() is self.reclaims
+        assert await store.read_stream(f"{cat}-a") == []
 
     # -- durability ---------------------------------------------------------------------------------------
 

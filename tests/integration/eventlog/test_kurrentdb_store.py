@@ -17,6 +17,8 @@ class TestKurrentDBEventStore(EventStoreContract):
 
     log_is_fresh_per_test = False
     refuses_partial_overlap = False
+    edits_single_events = False
+    reclaims = False
 
     @pytest.fixture(autouse=True)
     def _server(self, kurrentdb_url: str) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cdp.eventlog import AppendResult, EventStore, EventStoreError, StreamAppend, open_event_store
+from cdp.eventlog import (
+    AppendResult,
+    EventStore,
+    EventStoreError,
+    RecordedEvent,
+    StreamAppend,
+    open_event_store,
+)
 from cdp.eventlog.memory import InMemoryEventStore
 
 from .contract import EventStoreContract
@@ -21,11 +28,18 @@ class TestInMemoryEventStore(EventStoreContract):
 
 
 class _SequentialAppendMany(InMemoryEventStore):
-    """The in-memory store with the port's default `append_many` (part by part, as KurrentDB uses it)."""
+    """The in-memory store with the port's defaults KurrentDB uses: `append_many` part by part, and
+    `events_naming` paging through `read_all`."""
 
     async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult | EventStoreError]:
         """The port's default implementation."""
         return await EventStore.append_many(self, appends)
+
+    async def events_naming(
+        self, terms: Sequence[str], *, skip_categories: Sequence[str] = ()
+    ) -> list[RecordedEvent]:
+        """The port's default implementation."""
+        return await EventStore.events_naming(self, terms, skip_categories=skip_categories)
 
 
 class TestDefaultAppendMany(EventStoreContract):
