@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import textwrap
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from cdp.eventlog import EventFilter, EventStore, open_event_store
+from cdp.eventlog import EventFilter, EventStore, NewEvent, open_event_store
 from cdp.eventlog.sqlite import SQLiteEventStore
 
 from .contract import EventStoreContract, new_events, subscription, take
@@ -29,6 +34,35 @@ WRITER_SCRIPT = textwrap.dedent(
     asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
     """
 )
+
+
+@contextmanager
+def reader_holding_a_snapshot(path: Path, seconds: float) -> Iterator[None]:
+    """Another connection with a read transaction open for `seconds` (it keeps the WAL from being reset)."""
+    started = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*), sum(length(data)) FROM events").fetchone()
+        started.set()
+        threading.Event().wait(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    started.wait()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def files_containing(path: Path, secret: bytes) -> list[str]:
+    """Which of the database's files (main, -wal, -shm, -notify) hold `secret` anywhere in their bytes."""
+    files = [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-notify"))]
+    return [f.name for f in files if f.exists() and secret in f.read_bytes()]
 
 
 class TestSQLiteEventStore(EventStoreContract):
@@ -99,3 +133,59 @@ class TestSQLiteEventStore(EventStoreContract):
             assert await store.head_position() == -1
         finally:
             await store.close()
+
+    async def test_erased_bodies_leave_no_byte_in_any_file(self, store: EventStore) -> None:
+        secret = f"erase-me-{uuid.uuid4().hex}"
+        person = [
+            NewEvent("Tracked", f'{{"who":"{secret}","pad":"{"x" * (i * 97 % 6000)}"}}'.encode())
+            for i in range(60)
+        ]
+        shared = [
+            NewEvent("Listed", f'{{"people":["{secret}","someone-else"],"i":{i}}}'.encode())
+            for i in range(20)
+        ]
+        others = [
+            NewEvent("Tracked", f'{{"who":"other-{i}","pad":"{"y" * 900}"}}'.encode()) for i in range(300)
+        ]
+        await store.append("person-p1", person[:30])
+        await store.append("shared-1", shared)
+        await store.append("other-1", others)
+        await store.append("person-p1", person[30:])
+        assert isinstance(store, SQLiteEventStore)
+        assert files_containing(self.path, secret.encode())
+        with reader_holding_a_snapshot(self.path, 1.0):
+            await store.delete_stream("person-p1")
+            naming = await store.events_naming([secret])
+            assert [e.stream for e in naming] == ["shared-1"] * 20
+            changes: dict[uuid.UUID, bytes | None] = {
+                e.id: e.data.replace(f'"{secret}",'.encode(), b"") for e in naming
+            }
+            assert await store.erase_events(changes) == 20
+            assert await store.reclaim()
+        assert files_containing(self.path, secret.encode()) == []
+        assert self.path.with_name("events.db-wal").stat().st_size == 0
+        assert [e.data for e in await store.read_stream("other-1")] == [e.data for e in others]
+        first_shared = (await store.read_stream("shared-1", limit=1))[0]
+        assert first_shared.data == b'{"people":["someone-else"],"i":0}'
+        assert await store.events_naming([secret]) == []
+
+    async def test_reclaim_gives_up_while_a_reader_keeps_the_wal(self) -> None:
+        store = SQLiteEventStore(str(self.path), reclaim_timeout=0.5)
+        try:
+            events = new_events(3)
+            await store.append("x-1", events)
+            with reader_holding_a_snapshot(self.path, 1.5):
+                await store.erase_events({events[0].id: None})
+                assert await store.reclaim() is False
+                await store.append("x-1", new_events(1, prefix="during"))  # writes were not blocked
+            assert await store.reclaim() is True
+        finally:
+            await store.close()
+
+    async def test_every_connection_deletes_securely(self, store: EventStore) -> None:
+        assert isinstance(store, SQLiteEventStore)
+        await store.append("x-1", new_events(1))
+        await store.read_stream("x-1")
+        with store._connections_lock:
+            modes = [conn.execute("PRAGMA secure_delete").fetchone()[0] for conn in store._connections]
+        assert modes == [1, 1]
