@@ -628,7 +628,8 @@ class PostgresEventStore(EventStore):
         """VACUUM the log's tables, so removed rows are no longer kept as dead tuples for old snapshots.
 
         VACUUM cannot remove a row an open transaction (of any session) may still see; it then leaves it,
-        and a later reclaim removes it. Not `VACUUM FULL` (it locks the log against appends while rewriting
+        and a later reclaim removes it. It frees the space without zeroing it: the old bytes stay in the
+        page until it is reused (seen with pageinspect; docs/eventlog.md). Not `VACUUM FULL` (it locks the log against appends while rewriting
         it). PostgreSQL's WAL (pg_wal) keeps the removed bodies until its segments are recycled, and
         backups keep them for good: crypto-shredding (destroying the subject's keys) covers those.
         """
