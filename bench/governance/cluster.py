@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,29 +151,25 @@ def summary(values: list[float]) -> str:
 
 
 def print_receipt(request: Any) -> None:
+    """The receipt's figures, and the time each step took after the one before (the first: after the request
+    was received)."""
     receipt = json_format.MessageToDict(request.receipt)
     steps = receipt.get("steps", {})
-    started = receipt.get("started_at")
     moments = sorted((v.get("completed_at") or "", k) for k, v in steps.items())
     parts = []
-    before = _moment(started) if started else None
+    before = request.create_time.ToDatetime(tzinfo=UTC).timestamp()
     for at, name in moments:
-        when = _moment(at) if at else None
-        if when is not None and before is not None:
+        if at:
+            when = datetime.fromisoformat(at).timestamp()
             parts.append(f"{name} +{(when - before) * 1000:.0f} ms")
             before = when
+    purged = ", ".join(f"{k} {int(v)}" for k, v in sorted(receipt.get("purged", {}).items()))
     print(
-        f"      receipt seconds {receipt.get('seconds')}: {receipt.get('events_deleted')} events deleted,"
-        f" {receipt.get('events_redacted')} redacted, purged rows {receipt.get('purged')}"
+        f"      receipt seconds {receipt.get('seconds')}: {int(receipt.get('events_deleted', 0))} events deleted,"
+        f" {int(receipt.get('events_redacted', 0))} redacted; rows purged: {purged}"
     )
     if parts:
         print("        " + ", ".join(parts))
-
-
-def _moment(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()
 
 
 def run(people: int, requests: int, event_store: str | None) -> None:

@@ -114,19 +114,24 @@ class LogBuilder:
         )
 
     async def load(self) -> None:
-        """Every cohort's messages, links, consent and attribution batches, in big `append_many` calls."""
+        """Every cohort's messages, links, consent and attribution batches, in big `append_many` calls (the
+        next chunk is built while the last one is written)."""
+        writing: asyncio.Task[None] | None = None
+        batch: list[tuple[StreamAppend, tuple[str, str] | None]] = []
         for first in range(0, self.people, COHORT):
             cohort = [self.person(n) for n in range(first, min(first + COHORT, self.people))]
-            self._profile_of = {s: p.profile_id for p in cohort for s in p.subjects}
+            self._profile_of.update((s, p.profile_id) for p in cohort for s in p.subjects)
             await self.keyring.prefetch([s for p in cohort for s in (p.anonymous, p.user)])
-            batch: list[tuple[StreamAppend, tuple[str, str] | None]] = []
             for message in self._cohort_messages(cohort):
                 batch.append(message)
                 if len(batch) >= APPEND_CHUNK:
-                    await self._append(batch)
-                    batch = []
-            if batch:
-                await self._append(batch)
+                    if writing is not None:
+                        await writing
+                    writing, batch = asyncio.create_task(self._append(batch)), []
+        if writing is not None:
+            await writing
+        if batch:
+            await self._append(batch)
         await self._publish(final=True)
 
     def _cohort_messages(self, cohort: list[Person]) -> Iterator[tuple[StreamAppend, tuple[str, str] | None]]:
