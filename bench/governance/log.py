@@ -39,7 +39,7 @@ from services.governance import requests as ledger_tables
 from services.governance.domain import requests as dsr
 from services.governance.domain.requests import Request, State
 from services.governance.requests import RequestLedger, RequestQueries
-from services.governance.worker import RequestWorker
+from services.governance.worker import RETRY_SECONDS, RequestWorker
 
 MESSAGES_PER_PERSON = 20
 ANONYMOUS_MESSAGES = 3
@@ -274,17 +274,17 @@ async def no_profile(profile_id: str) -> identity_service_pb2.Profile | None:
 async def carry_out(worker: RequestWorker, request_id: str, attempts: int = 4) -> Outcome:
     """`carry_out` until the request completes; a failed step (e.g. the log not reclaimed yet) is retried
     after the worker's own pause, and the failure is reported."""
-    failures: list[str] = []
+    failures: dict[str, None] = {}
     began = time.perf_counter()
     request = None
-    for _ in range(attempts):
-        request = await worker.carry_out(request_id)
+    for attempt in range(attempts):
+        request = await worker.carry_out(request_id) or request
         if request is not None and request.state is State.COMPLETED:
             break
         if request is not None:
-            failures += [f"{s.name}: {s.error}" for s in request.steps.values() if s.error]
-        await asyncio.sleep(1.1)  # the worker's first retry pause
-    return Outcome(time.perf_counter() - began, request, failures)
+            failures.update((f"{s.name}: {s.error}", None) for s in request.steps.values() if s.error)
+        await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)] + 0.1)
+    return Outcome(time.perf_counter() - began, request, list(failures))
 
 
 async def erase(store: EventStore, worker: RequestWorker, person: Person) -> tuple[Outcome, datetime]:
