@@ -9,10 +9,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc, make_url, text
+import structlog
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, exc, make_url, text
+
+log = structlog.get_logger(__name__)
 
 READ_MODEL_BUSY_MS = 30_000
 """How long a read-model writer waits for another (a reactor's batch holds the lock while it appends)."""
+SCRUB_ATTEMPTS = 5
+"""Times `scrub` tries to fold and empty a SQLite WAL (each try waits up to the busy timeout for readers)."""
+SCRUB_PAUSE = 0.2
+"""Seconds between those tries."""
 WAL_SWITCH_TIMEOUT = 10.0
 """Seconds a new connection waits for others to finish switching the same file to WAL."""
 
@@ -108,10 +115,16 @@ def create_read_model_engine(url: str, *, timeout: float = DEPENDENCY_TIMEOUT) -
     """An engine for a service's read-model database. On SQLite (WAL) every transaction takes the write lock up
     front unless it comes from `read_only(engine)`: a writer never has to upgrade a read lock, which is what
     fails with "database is locked" without waiting; writers queue on the busy timeout instead."""
-    # NORMAL sync is enough for read models: the log can always replay them.
+    # NORMAL sync is enough for read models: the log can always replay them. secure_delete zeroes the pages
+    # and cells a DELETE frees, so an erased person's rows do not linger in free space (see `scrub`).
     return create_sql_engine(
         url,
-        sqlite_pragmas=(f"busy_timeout={READ_MODEL_BUSY_MS}", "journal_mode=WAL", "synchronous=NORMAL"),
+        sqlite_pragmas=(
+            f"busy_timeout={READ_MODEL_BUSY_MS}",
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "secure_delete=ON",
+        ),
         immediate=True,
         timeout=timeout,
     )
@@ -127,6 +140,52 @@ def ping(engine: Engine) -> None:
     """One round trip to the database (`SELECT 1`, never taking SQLite's write lock): a health probe."""
     with read_only(engine).connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def scrub(engine: Engine, tables: Iterable[Table | str] = ()) -> bool:
+    """After a purge committed, make the deleted rows physically go; False if SQLite's WAL could not be emptied.
+
+    SQLite (with `secure_delete`, which zeroed the freed space in the pages the delete wrote): the WAL still
+    holds the pages as they were before, so it is checkpointed into the database and truncated to nothing,
+    retried while readers hold older snapshots (a bounded number of times, then logged). PostgreSQL: `VACUUM`
+    of `tables`, which prunes the deleted row versions and their index entries (outside a transaction).
+    """
+    if engine.dialect.name == "sqlite":
+        return checkpoint_wal(engine)
+    names = sorted({table if isinstance(table, str) else table.name for table in tables})
+    if names:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            quote = connection.dialect.identifier_preparer.quote
+            for name in names:
+                connection.exec_driver_sql(f"VACUUM {quote(name)}")
+    return True
+
+
+def checkpoint_wal(engine: Engine, attempts: int = SCRUB_ATTEMPTS, pause: float = SCRUB_PAUSE) -> bool:
+    """`PRAGMA wal_checkpoint(TRUNCATE)` until it completes (every frame folded into the database, the WAL
+    emptied), at most `attempts` times; False, with a `sqlite_wal_checkpoint_incomplete` log line, if not."""
+    busy = frames = done = -1
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(pause)
+        raw = engine.raw_connection()  # the pool's connections run in autocommit: no transaction is open
+        try:
+            cursor = raw.cursor()
+            busy, frames, done = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            cursor.close()
+        finally:
+            raw.close()
+        if busy == 0:  # (0, 0, 0) once the WAL is empty; (0, -1, -1) for a file not in WAL mode
+            return True
+    log.warning(
+        "sqlite_wal_checkpoint_incomplete",
+        database=engine.url.database,
+        attempts=attempts,
+        busy=busy,
+        wal_frames=frames,
+        checkpointed=done,
+    )
+    return False
 
 
 def enable_wal(connection: Any, timeout: float) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.keyring.store import ERASED, KeyStore, StoredSubject, WrappedKey
-from cdp.sqlengine import DEPENDENCY_TIMEOUT, chunks, create_sql_engine
+from cdp.sqlengine import DEPENDENCY_TIMEOUT, chunks, create_sql_engine, scrub
 
 
 class SqlKeyStore(KeyStore):
@@ -83,13 +83,9 @@ class SqlKeyStore(KeyStore):
             conn.execute(delete(self._keys).where(self._keys.c.subject_id == subject))
             tombstone = {"subject_id": subject, "erased_at": datetime.now(UTC)}
             conn.execute(self._dialect_insert(self._erasures).values(tombstone).on_conflict_do_nothing())
-        if self.engine.dialect.name == "sqlite":
-            self._checkpoint_wal()
-
-    def _checkpoint_wal(self) -> None:
-        """Best effort: fold the WAL into the database and empty it, so old key pages do not linger there."""
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Best effort, as every read model after a purge: SQLite's WAL folded in and emptied (secure_delete
+        # zeroed the freed space), PostgreSQL's dead key rows vacuumed away.
+        scrub(self.engine, [self._keys, self._erasures])
 
     def wrapped_by_other(self, master_key_id: str, limit: int) -> list[tuple[str, WrappedKey]]:
         """Keys still wrapped by a retired master key."""

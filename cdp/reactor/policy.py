@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import MetaData
 from sqlalchemy.orm import Session
@@ -58,6 +58,10 @@ class Policy:
         """React to a batch: write the read model through `session` and return the events to append."""
         raise NotImplementedError
 
+    async def committed(self) -> None:
+        """After each batch the reactor committed (the checkpoint moved with it): finish what may only follow a
+        commit, such as confirming a purge (`cdp.reactor.purge`). Called often: keep it cheap when idle."""
+
     def reset(self) -> None:
         """A batch failed and its transaction rolled back: forget whatever `decide` changed in memory."""
 
@@ -84,8 +88,16 @@ class Projection(Protocol):
         """Update the tables for these events, in the caller's transaction; must not commit."""
 
 
+@runtime_checkable
+class Committing(Protocol):
+    """A projection that also finishes work after each commit (and at start-up, what a crash left)."""
+
+    async def committed(self) -> None:
+        """After each committed batch, and when the reactor (re)loads."""
+
+
 class Projecting(Policy):
-    """A projection run as a policy that appends nothing."""
+    """A projection run as a policy that appends nothing (its optional `committed` hook passed on)."""
 
     def __init__(self, projection: Projection) -> None:
         self.projection = projection
@@ -99,6 +111,15 @@ class Projecting(Policy):
         """Apply the batch to the tables."""
         self.projection.apply(session, events)
         return ()
+
+    async def load(self, position: int) -> None:
+        """Finish what the projection left unfinished after its last commit (a crash before `committed`)."""
+        await self.committed()
+
+    async def committed(self) -> None:
+        """The projection's `committed` hook, if it has one."""
+        if isinstance(self.projection, Committing):
+            await self.projection.committed()
 
 
 def as_policy(reactor_of: Policy | Projection) -> Policy:

@@ -353,6 +353,18 @@ class Reactor:
                     return
                 prepared = await self._policy.prepare(unseen, backlog=False)
             await self._commit(unseen, prepared)
+            await self._committed()
+
+    async def _committed(self) -> None:
+        """The policy's after-commit hook. An outage is raised (retried like any: the reload runs `load`, which
+        finishes the work); another failure is logged and left to the next commit or start, never parked: the
+        batch itself is committed."""
+        try:
+            await self._policy.committed()
+        except Exception as error:
+            if is_transient(error):
+                raise
+            log.error("reactor_committed_hook_failed", reactor=self.name, error=describe(error))
 
     def _unseen(self, events: Sequence[RecordedEvent]) -> Sequence[RecordedEvent]:
         """The events after the checkpoint (a duplicate delivery is reacted to once)."""

@@ -144,16 +144,27 @@ class State:
         self.new_decisions.append(decision_row(self.next_seq, decision))
         self.next_seq += 1
 
-    def erase(self, subject: str) -> None:
-        """Forget a person: their profile, identifiers, values and histories."""
-        profile, gone = self.graph.erase(subject)
-        if profile is not None:
-            self.gone_profiles.add(profile)
+    def erase(self, subject: str) -> list[str]:
+        """Forget a person: their profile and the profiles merged into it (their rows and every decision naming
+        them, this batch's too), identifiers, values and histories; returns the subjects tombstoned."""
+        graph = self.graph
+        live = graph.profile_of(subject)
+        retired = [p for p in graph.redirects if live is not None and graph.resolve(p) == live]
+        profile, gone = graph.erase(subject)
+        person = {*retired, *([profile] if profile is not None else [])}
+        self.gone_profiles |= person
+        if person:
+            self.new_decisions = [
+                row
+                for row in self.new_decisions
+                if row["profile_id"] not in person and row["other_profile_id"] not in person
+            ]
         for member in gone:
             self.histories.pop(member, None)
             self.known_values.discard(member)
             self.new_values.pop(member, None)
             self.dirty_histories.add(member)
+        return gone
 
 
 def decision_row(seq: int, decision: Decision) -> dict[str, Any]:
@@ -301,8 +312,9 @@ def _order_subjects(graph: Graph) -> None:
         node.subjects = dict.fromkeys(ordered)
 
 
-Step = Callable[[Session], None]
-"""One statement of a prepared save, its rows already encoded: it reads nothing of the live state."""
+Step = Callable[[Session], int | None]
+"""One statement of a prepared save, its rows already encoded: it reads nothing of the live state. A delete
+returns how many rows it deleted."""
 
 
 @dataclass
@@ -312,10 +324,11 @@ class Pending:
     steps: list[Step]
 
 
-def save_state(session: Session, state: State) -> None:
-    """Write what changed since the last save, then clear the change sets."""
-    write(session, prepare_save(session, state))
+def save_state(session: Session, state: State) -> int:
+    """Write what changed since the last save, then clear the change sets; how many rows it deleted."""
+    deleted = write(session, prepare_save(session, state))
     trim_caches(state)
+    return deleted
 
 
 def prepare_save(session: Session, state: State) -> Pending:
@@ -343,10 +356,12 @@ def prepare_save(session: Session, state: State) -> Pending:
     return Pending(steps)
 
 
-def write(session: Session, pending: Pending) -> None:
-    """Run a prepared save's statements in the session's transaction."""
+def write(session: Session, pending: Pending) -> int:
+    """Run a prepared save's statements in the session's transaction; how many rows they deleted."""
+    deleted = 0
     for step in pending.steps:
-        step(session)
+        deleted += step(session) or 0
+    return deleted
 
 
 def _rules_step(rules: Rules) -> Step:
@@ -485,8 +500,8 @@ def _delete(table: Table, key: Any, ids: Sequence[str]) -> list[Step]:
 
 
 def _execute(statement: Any) -> Step:
-    def step(session: Session) -> None:
-        session.execute(statement)
+    def step(session: Session) -> int:
+        return max(0, getattr(session.execute(statement), "rowcount", 0) or 0)
 
     return step
 

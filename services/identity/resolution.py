@@ -34,6 +34,7 @@ from cdp.events.ingest import MessageCollected
 from cdp.events.streams import attribution_stream
 from cdp.keyring import Keyring
 from cdp.reactor import Policy, derived_id, write_checkpoint
+from cdp.reactor.purge import Purges
 from services.identity import codec
 from services.identity.domain.decider import Observation, decide
 from services.identity.domain.identifiers import Hasher, e164
@@ -55,6 +56,7 @@ from services.identity.splitting import Splitter
 log = structlog.get_logger(__name__)
 
 CHECKPOINT = "identity-resolver"
+SERVICE = "identity"
 PIPELINE_BATCH = 500
 """Pages at least this large are opened a page ahead in a worker process (smaller ones are not worth it)."""
 ATTRIBUTION = attribution_stream()
@@ -80,6 +82,8 @@ class Resolution(Policy):
     def __init__(self, store: EventStore, keyring: Keyring, hasher: Hasher, engine: Engine) -> None:
         self.store, self.keyring, self.hasher = store, keyring, hasher
         self.engine = engine.execution_options(sqlite_immediate=True)
+        self.purges = Purges(SERVICE, CHECKPOINT, store, engine, metadata.sorted_tables)
+        """Erasures purged in a batch, confirmed (`ReadModelPurged`) once it committed."""
         self.hashes: dict[tuple[str, str], str] = {}
         self.identities = IdentitiesCache()
         self.state: State | None = None
@@ -97,8 +101,10 @@ class Resolution(Policy):
     # -- the reactor's hooks ----------------------------------------------------------------------------------
 
     async def load(self, position: int) -> None:
-        """Load the state the read model holds (rebuilt from the log when its layout is another code's)."""
+        """Load the state the read model holds (rebuilt from the log when its layout is another code's), and
+        confirm purges a crash left unconfirmed."""
         if self.state is not None:
+            await self.purges.confirm()
             return
         if await asyncio.to_thread(self._schema_outdated):
             log.warning("identity_read_model_outdated", action="rebuilding it from the log")
@@ -117,6 +123,11 @@ class Resolution(Policy):
             )
         else:
             self._attributed_through, self._attribution_version = position, None
+        await self.purges.confirm()
+
+    async def committed(self) -> None:
+        """After a committed batch: scrub the files and confirm the purges it recorded (cheap when none)."""
+        await self.purges.confirm()
 
     def reset(self) -> None:
         """The batch's transaction rolled back: the in-memory state ran ahead of the database."""
@@ -158,12 +169,15 @@ class Resolution(Policy):
             prepared.decoded if prepared.decoded is not None else _decode(events, self._opened(prepared))
         )
         observer = self.observer(state)
-        runs, observed = self._decide(state, observer, decoded)
+        runs, observed, erasures = self._decide(state, observer, decoded)
         # Histories are recorded after deciding, once the batch's missing ones are read in one go.
         load_histories(session, state, [o.attribution for o in observed if o.attribution])
         for obs in observed:
             observer.record(obs)
-        save_state(session, state)
+        deleted = save_state(session, state)
+        for index, (recorded, erasure) in enumerate(erasures):
+            # The batch's deletions are counted once, on its first erasure (`load` created the table).
+            self.purges.record(session, recorded, erasure, deleted if index == 0 else 0)
         appends = [StreamAppend(stream, events) for stream, events in runs]
         attribution = self._attribution(state, events[-1].global_position, observed)
         return appends if attribution is None else [*appends, attribution]
@@ -172,10 +186,14 @@ class Resolution(Policy):
 
     def _decide(
         self, state: State, observer: Observer, decoded: Sequence[tuple[RecordedEvent, DomainEvent | Opened]]
-    ) -> tuple[list[tuple[str, list[NewEvent]]], list[Observation]]:
-        """Observe and decide each event; decisions grouped in runs of one stream, and what was observed."""
+    ) -> tuple[
+        list[tuple[str, list[NewEvent]]], list[Observation], list[tuple[RecordedEvent, SubjectErased]]
+    ]:
+        """Observe and decide each event; decisions grouped in runs of one stream, what was observed, and the
+        erasures applied."""
         runs: list[tuple[str, list[NewEvent]]] = []
         observed: list[Observation] = []
+        erasures: list[tuple[RecordedEvent, SubjectErased]] = []
         generation = self.generation
         for recorded, event in decoded:
             if isinstance(event, Opened) and generation != self.generation:
@@ -198,7 +216,8 @@ class Resolution(Policy):
                 self.generation += 1
             elif isinstance(event, SubjectErased):
                 self._erase(state, event.subject_id)
-        return runs, observed
+                erasures.append((recorded, event))
+        return runs, observed, erasures
 
     def _erase(self, state: State, subject: str) -> None:
         state.erase(subject)

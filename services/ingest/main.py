@@ -9,6 +9,7 @@ import structlog
 from cdp.eventlog.group_commit import GroupCommitter
 from cdp.ingest.v1 import ingest_service_pb2_grpc
 from cdp.reactor import Reactor
+from cdp.reactor.purge import Purges
 from cdp.runtime import resources
 from cdp.runtime.auth import Authenticator
 from cdp.runtime.readiness import Readiness
@@ -28,7 +29,7 @@ from services.ingest.configuration import (
 from services.ingest.domain.tracking_plans import PlanBook
 from services.ingest.grpc_api import ACCESS, SERVICE, IngestServicer
 from services.ingest.http_api import HttpApi, HttpLimits
-from services.ingest.readmodel import IngestState
+from services.ingest.readmodel import IngestState, consent_state
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +43,8 @@ async def build(settings: Settings, *, http_limits: HttpLimits | None = None) ->
     store = resources.event_store(settings)
     keyring = resources.keyring(settings)
     engine = resources.read_model_engine(settings, "ingest")
-    state = IngestState(engine, on_erased=keyring.evict)
+    purges = Purges("ingest", IngestState.name, store, engine, [consent_state])
+    state = IngestState(engine, on_erased=keyring.evict, purges=purges)
     runner = Reactor(store, state, engine)
     committer = GroupCommitter(store)
     # Tracking plans: compiled in memory from the log, refreshed by the config projection and by publishing.

@@ -28,6 +28,7 @@ from cdp.events import (
     SubjectUnsuppressed,
     from_recorded,
 )
+from cdp.reactor.purge import Purges
 from cdp.sqlengine import read_only
 
 metadata = MetaData()
@@ -56,10 +57,17 @@ class IngestState:
     metadata = metadata
     filter = EventFilter(event_types=tuple(cls.type_name for cls in _TYPES))
 
-    def __init__(self, engine: Engine, on_erased: Callable[[str], None] = lambda subject: None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        on_erased: Callable[[str], None] = lambda subject: None,
+        purges: Purges | None = None,
+    ) -> None:
         self._engine = read_only(engine)  # queries only: the reactor writes through its own engine
         self._on_erased = on_erased
         """Called with each erased subject (the keyring evicts its cached key)."""
+        self._purges = purges
+        """Where an erasure's purge is recorded and, once committed, confirmed (`ReadModelPurged`)."""
         self.suppressed: frozenset[str] = frozenset()
         """Every suppressed subject, as of the last committed batch (read in the event loop, no I/O)."""
 
@@ -89,11 +97,23 @@ class IngestState:
                     delete(suppressed_subjects).where(suppressed_subjects.c.subject_id.in_(event.subjects()))
                 )
             elif isinstance(event, SubjectErased):
-                session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
-                self._on_erased(event.subject_id)
+                self._erase(session, recorded, event)
         if suppressions_changed:
             # Reload once the batch is committed, so memory never shows what the database may roll back.
             sqlalchemy_event.listen(session, "after_commit", lambda _: self.load(), once=True)
+
+    async def committed(self) -> None:
+        """After each committed batch (and at start-up): scrub the files and confirm the purges it recorded."""
+        if self._purges is not None:
+            await self._purges.confirm()
+
+    def _erase(self, session: Session, recorded: RecordedEvent, event: SubjectErased) -> None:
+        """Forget the subject: its consent row (a suppression stays: it is the person's own instruction, and
+        governance lifts it), its cached key; recorded to be confirmed once the batch commits."""
+        deleted = session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
+        self._on_erased(event.subject_id)
+        if self._purges is not None:
+            self._purges.record(session, recorded, event, max(0, getattr(deleted, "rowcount", 0) or 0))
 
     def consent_of(self, subject_ids: Iterable[str]) -> dict[str, dict[str, bool]]:
         """The consent last recorded for these subjects (only asked for messages that state consent)."""

@@ -183,11 +183,11 @@ def write_consent(session: Session, profile_ids: Sequence[str]) -> None:
             )
 
 
-def purge_profile(session: Session, profile_id: str) -> None:
+def purge_profile(session: Session, profile_id: str) -> int:
     """Delete everything the read model holds of a profile but its memberships (its events stay with the
-    subjects that still hold them: call after moving those)."""
-    session.execute(delete(t.trait_leaves).where(t.trait_leaves.c.profile_id == profile_id))
-    session.execute(delete(t.computed_leaves).where(t.computed_leaves.c.profile_id == profile_id))
-    session.execute(delete(t.computed).where(t.computed.c.profile_id == profile_id))
-    session.execute(delete(t.profile_consent).where(t.profile_consent.c.profile_id == profile_id))
-    session.execute(delete(t.profiles).where(t.profiles.c.profile_id == profile_id))
+    subjects that still hold them: call after moving those); how many rows went."""
+    deleted = 0
+    for table in (t.trait_leaves, t.computed_leaves, t.computed, t.profile_consent, t.profiles):
+        result = session.execute(delete(table).where(table.c.profile_id == profile_id))
+        deleted += max(0, getattr(result, "rowcount", 0) or 0)
+    return deleted

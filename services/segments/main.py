@@ -9,6 +9,7 @@ import grpc
 from cdp.common.v1 import identity_pb2
 from cdp.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from cdp.reactor import Reactor
+from cdp.reactor.purge import Purges
 from cdp.runtime import resources
 from cdp.runtime.errors import refusals_passed_on
 from cdp.runtime.server import ServiceApp
@@ -36,7 +37,8 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, SegmentsApp]:
     keyring = resources.keyring(settings)
     engine = resources.read_model_engine(settings, "segments")
     await asyncio.to_thread(create_tables, tables.metadata, engine)  # queries may come before the first batch
-    policy = Segmentation(keyring, engine)
+    purges = Purges("segments", Segmentation.name, store, engine, tables.metadata.sorted_tables)
+    policy = Segmentation(keyring, engine, purges)
     reactor = Reactor(store, policy, engine, batch_size=1000)
     app = SegmentsApp(store, reactor, policy, engine)
     channel = grpc.aio.insecure_channel(f"{settings.host}:{settings.identity_port}")

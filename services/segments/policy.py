@@ -46,6 +46,7 @@ from cdp.events.ingest import PAYLOAD_CONTEXT
 from cdp.keyring import DecryptionFailed, Keyring, decrypt_value_with
 from cdp.keyring import SubjectErased as KeyErased
 from cdp.reactor import Policy, derived_id
+from cdp.reactor.purge import Purges
 from cdp.sqlengine import chunks, read_only
 from services.segments import facts as f
 from services.segments import sqlcompile
@@ -179,13 +180,21 @@ class Segmentation(Policy):
     filter = EventFilter(event_types=FOLLOWED)
     metadata = t.metadata
 
-    def __init__(self, keyring: Keyring, engine: Engine) -> None:
+    def __init__(self, keyring: Keyring, engine: Engine, purges: Purges | None = None) -> None:
         self.keyring, self.engine = keyring, engine
+        self.purges = purges
+        """Erasures purged in a batch, confirmed (`ReadModelPurged`) once it committed."""
         self.definitions = Definitions()
 
     async def load(self, position: int) -> None:
-        """Read the definitions in force from the read model."""
+        """Read the definitions in force from the read model; confirm purges a crash left unconfirmed."""
         self.definitions = await asyncio.to_thread(self._read_definitions)
+        await self.committed()
+
+    async def committed(self) -> None:
+        """After a committed batch: scrub the files and confirm the purges it recorded (cheap when none)."""
+        if self.purges is not None:
+            await self.purges.confirm()
 
     def _read_definitions(self) -> Definitions:
         found = Definitions()
@@ -280,7 +289,9 @@ class Segmentation(Policy):
         elif isinstance(event, IdentifierLinked):
             batch.links.append(event)
         elif isinstance(event, SubjectErased):
-            self._erase(session, batch, event.subject_id)
+            deleted = self._erase(session, batch, event)
+            if self.purges is not None:
+                self.purges.record(session, recorded, event, deleted)
         elif isinstance(event, ConsentChanged):
             self._consent(session, batch, recorded, event)
         elif isinstance(event, AttributeDefined):
@@ -472,32 +483,50 @@ class Segmentation(Policy):
                 moved,
             )
 
-    def _erase(self, session: Session, batch: _Batch, subject_id: str) -> None:
-        profile_id = self._subject_profiles(session, {subject_id}).get(subject_id)
-        subjects = {subject_id}
-        if profile_id:
+    def _erase(self, session: Session, batch: _Batch, event: SubjectErased) -> int:
+        """Forget the person: the subject, every subject of its profile, and every row keyed by one of the
+        person's profiles (the profile stream's, and those governance names); how many rows went."""
+        profile_id = self._subject_profiles(session, {event.subject_id}).get(event.subject_id)
+        profile_ids = sorted({*event.profile_ids, *([profile_id] if profile_id else [])})
+        subjects = {event.subject_id}
+        for part in chunks(profile_ids):
             subjects.update(
                 session.execute(
-                    select(t.subjects.c.subject_id).where(t.subjects.c.profile_id == profile_id)
+                    select(t.subjects.c.subject_id).where(t.subjects.c.profile_id.in_(part))
                 ).scalars()
             )
+        deleted = 0
+
+        def run(statement: Any) -> None:
+            nonlocal deleted
+            deleted += max(0, getattr(session.execute(statement), "rowcount", 0) or 0)
+
         for part in chunks(sorted(subjects)):
             positions = list(
                 session.execute(select(t.events.c.position).where(t.events.c.subject_id.in_(part))).scalars()
             )
             for chunk in chunks(positions):
-                session.execute(delete(t.event_leaves).where(t.event_leaves.c.position.in_(chunk)))
-            session.execute(delete(t.events).where(t.events.c.subject_id.in_(part)))
-            session.execute(delete(t.consent).where(t.consent.c.subject_id.in_(part)))
-            session.execute(delete(t.subjects).where(t.subjects.c.subject_id.in_(part)))
-        if profile_id:
-            f.purge_profile(session, profile_id)
-            session.execute(delete(t.memberships).where(t.memberships.c.profile_id == profile_id))
-            session.execute(delete(t.changes).where(t.changes.c.profile_id == profile_id))
+                run(delete(t.event_leaves).where(t.event_leaves.c.position.in_(chunk)))
+            run(delete(t.events).where(t.events.c.subject_id.in_(part)))
+            run(delete(t.consent).where(t.consent.c.subject_id.in_(part)))
+            run(delete(t.subjects).where(t.subjects.c.subject_id.in_(part)))
+        for part in chunks(profile_ids):
+            positions = list(
+                session.execute(select(t.events.c.position).where(t.events.c.profile_id.in_(part))).scalars()
+            )
+            for chunk in chunks(positions):
+                run(delete(t.event_leaves).where(t.event_leaves.c.position.in_(chunk)))
+            run(delete(t.events).where(t.events.c.profile_id.in_(part)))
+            run(delete(t.memberships).where(t.memberships.c.profile_id.in_(part)))
+            run(delete(t.changes).where(t.changes.c.profile_id.in_(part)))
+        for one in profile_ids:
+            deleted += f.purge_profile(session, one)
+            batch.touched.pop(one, None)
+            batch.traits_dirty.discard(one)
+            batch.consent_dirty.discard(one)
+        if profile_ids:
             self._refresh_sizes(session)
-            batch.touched.pop(profile_id, None)
-            batch.traits_dirty.discard(profile_id)
-            batch.consent_dirty.discard(profile_id)
+        return deleted
 
     def _consent(
         self, session: Session, batch: _Batch, recorded: RecordedEvent, event: ConsentChanged
