@@ -17,7 +17,9 @@ log = structlog.get_logger(__name__)
 READ_MODEL_BUSY_MS = 30_000
 """How long a read-model writer waits for another (a reactor's batch holds the lock while it appends)."""
 SCRUB_ATTEMPTS = 5
-"""Times `scrub` tries to fold and empty a SQLite WAL (each try waits up to the busy timeout for readers)."""
+"""Times `scrub` tries to fold and empty a SQLite WAL."""
+SCRUB_BUSY_MS = 2_000
+"""How long each try waits for readers on older snapshots (not the connection's 30 s: a reactor waits on it)."""
 SCRUB_PAUSE = 0.2
 """Seconds between those tries."""
 WAL_SWITCH_TIMEOUT = 10.0
@@ -161,9 +163,12 @@ def scrub(engine: Engine, tables: Iterable[Table | str] = ()) -> bool:
     return True
 
 
-def checkpoint_wal(engine: Engine, attempts: int = SCRUB_ATTEMPTS, pause: float = SCRUB_PAUSE) -> bool:
+def checkpoint_wal(
+    engine: Engine, attempts: int = SCRUB_ATTEMPTS, pause: float = SCRUB_PAUSE, busy_ms: int = SCRUB_BUSY_MS
+) -> bool:
     """`PRAGMA wal_checkpoint(TRUNCATE)` until it completes (every frame folded into the database, the WAL
-    emptied), at most `attempts` times; False, with a `sqlite_wal_checkpoint_incomplete` log line, if not."""
+    emptied), at most `attempts` times, each waiting up to `busy_ms` for readers of older snapshots to finish;
+    False, with a `sqlite_wal_checkpoint_incomplete` log line, if it never completed."""
     busy = frames = done = -1
     for attempt in range(attempts):
         if attempt:
@@ -171,8 +176,13 @@ def checkpoint_wal(engine: Engine, attempts: int = SCRUB_ATTEMPTS, pause: float 
         raw = engine.raw_connection()  # the pool's connections run in autocommit: no transaction is open
         try:
             cursor = raw.cursor()
-            busy, frames, done = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            cursor.close()
+            (usual,) = cursor.execute("PRAGMA busy_timeout").fetchone()
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            try:
+                busy, frames, done = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout = {int(usual)}")
+                cursor.close()
         finally:
             raw.close()
         if busy == 0:  # (0, 0, 0) once the WAL is empty; (0, -1, -1) for a file not in WAL mode

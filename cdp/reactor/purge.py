@@ -27,6 +27,7 @@ from cdp.eventlog.port import EventStore, RecordedEvent, StreamAppend, append_al
 from cdp.events import EventMetadata
 from cdp.events.governance import ReadModelPurged, SubjectErased
 from cdp.events.streams import request_stream
+from cdp.faults import describe, is_transient
 from cdp.reactor.policy import derived_id
 from cdp.sqlengine import create_tables, scrub
 
@@ -90,9 +91,20 @@ class Purges:
 
     async def confirm(self) -> int:
         """Scrub the files and confirm every committed purge; how many were confirmed (0, cheaply, if none is
-        pending). A scrub that cannot finish (readers holding the SQLite WAL) leaves them for the next call."""
+        pending). A scrub that cannot finish (readers holding the SQLite WAL) leaves them for the next call; so
+        does any other failure but an outage (raised: the reactor retries it), logged as
+        `read_model_purge_unconfirmed`."""
         if not self._due:
             return 0
+        try:
+            return await self._confirm()
+        except Exception as error:
+            if is_transient(error):
+                raise
+            log.error("read_model_purge_unconfirmed", service=self.service, error=describe(error))
+            return 0
+
+    async def _confirm(self) -> int:
         pending = await asyncio.to_thread(self._pending)
         if not pending:
             self._due = False
