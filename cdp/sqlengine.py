@@ -164,11 +164,15 @@ def scrub(engine: Engine, tables: Iterable[Table | str] = ()) -> bool:
 
 
 def checkpoint_wal(
-    engine: Engine, attempts: int = SCRUB_ATTEMPTS, pause: float = SCRUB_PAUSE, busy_ms: int = SCRUB_BUSY_MS
+    engine: Engine, attempts: int | None = None, pause: float | None = None, busy_ms: int | None = None
 ) -> bool:
     """`PRAGMA wal_checkpoint(TRUNCATE)` until it completes (every frame folded into the database, the WAL
-    emptied), at most `attempts` times, each waiting up to `busy_ms` for readers of older snapshots to finish;
-    False, with a `sqlite_wal_checkpoint_incomplete` log line, if it never completed."""
+    emptied), at most `attempts` times (`SCRUB_ATTEMPTS`), each waiting up to `busy_ms` (`SCRUB_BUSY_MS`) for
+    readers of older snapshots to finish; False, with a `sqlite_wal_checkpoint_incomplete` log line, if it
+    never completed."""
+    attempts = SCRUB_ATTEMPTS if attempts is None else attempts
+    pause = SCRUB_PAUSE if pause is None else pause
+    busy_ms = SCRUB_BUSY_MS if busy_ms is None else busy_ms
     busy = frames = done = -1
     for attempt in range(attempts):
         if attempt:

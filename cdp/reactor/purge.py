@@ -23,6 +23,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, delete,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from cdp import errors
 from cdp.eventlog.port import EventStore, RecordedEvent, StreamAppend, append_all
 from cdp.events import EventMetadata
 from cdp.events.governance import ReadModelPurged, SubjectErased
@@ -91,9 +92,9 @@ class Purges:
 
     async def confirm(self) -> int:
         """Scrub the files and confirm every committed purge; how many were confirmed (0, cheaply, if none is
-        pending). A scrub that cannot finish (readers holding the SQLite WAL) leaves them for the next call; so
-        does any other failure but an outage (raised: the reactor retries it), logged as
-        `read_model_purge_unconfirmed`."""
+        pending). A scrub that cannot finish (readers holding the SQLite WAL) is raised as an outage, which the
+        reactor retries with backoff (its reload runs `load`, which confirms); any other failure leaves them
+        pending for the next call, logged as `read_model_purge_unconfirmed`."""
         if not self._due:
             return 0
         try:
@@ -110,7 +111,8 @@ class Purges:
             self._due = False
             return 0
         if not await asyncio.to_thread(scrub, self._engine, self._tables):
-            return 0  # logged by scrub; confirmed after the next commit or at the next start
+            # Logged by scrub. An outage to the reactor: it backs off, reloads, and `load` tries again.
+            raise errors.Unavailable("the read model's WAL could not be emptied (readers on old snapshots)")
         now = datetime.now(UTC)
         appends = [self._confirmation(row, now) for row in pending]
         await append_all(self._store, appends)

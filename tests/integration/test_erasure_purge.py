@@ -28,6 +28,7 @@ import pytest
 from google.protobuf import json_format
 from sqlalchemy import Engine, select
 
+from cdp import sqlengine
 from cdp.common.v1 import identity_pb2, message_pb2
 from cdp.eventlog import EventStore
 from cdp.events import ConsentChanged, EventMetadata, ReadModelPurged, SubjectErased, from_recorded
@@ -596,4 +597,37 @@ async def test_a_purge_committed_but_not_confirmed_is_confirmed_after_a_restart(
     assert (event.service, event.subject_id, event.request_id) == (service, subject, request_id)
     assert event.rows_deleted > 0
     if service != "identity":
+        engine.dispose()
+
+
+async def test_a_purge_whose_wal_a_reader_holds_is_confirmed_once_the_reader_is_gone(
+    log_harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlengine, "SCRUB_ATTEMPTS", 2)
+    monkeypatch.setattr(sqlengine, "SCRUB_BUSY_MS", 1)
+    h = log_harness
+    subject = h.ids("user_id", ERASED.user_id)
+    consent = ConsentChanged(subject_id=subject, purposes={"analytics": True}, source_id="web")
+    await h.store.append(consent_stream(subject), [consent.to_new_event(EventMetadata(actor="source:web"))])
+    engine = resources.read_model_engine(settings_for(tmp_path / "ingest", {}), "ingest")
+    reactor, _ = rig("ingest", h, engine)()
+    await reactor.catch_up()
+    running = asyncio.create_task(reactor.run())
+    try:
+        with sqlengine.read_only(engine).connect() as reader:
+            reader.execute(select(consent_state)).all()  # a snapshot from before the purge, held open
+            request_id = await erase(h.store, h.keyring, [subject], ())
+
+            async def retrying() -> bool:
+                status = await reactor.status()
+                return status.state == "retrying" and "WAL" in (status.last_error or "")
+
+            await eventually(retrying, "the unfinished scrub retried as an outage")
+            assert await confirmations(h.store, request_id) == {}
+        found = await eventually(lambda: confirmations(h.store, request_id), "confirmed once the reader left")
+        assert found == {"ingest": {subject}}
+        assert (tmp_path / "ingest" / "ingest.db-wal").stat().st_size == 0
+    finally:
+        reactor.stop()
+        await running
         engine.dispose()
