@@ -33,6 +33,7 @@ from cdp.eventlog.common import (
     check_batch,
     encode_metadata,
     follow,
+    matching_rows,
     metadata_from_columns,
     plan_append_many,
 )
@@ -54,7 +55,6 @@ from cdp.eventlog.port import (
     StreamMetadata,
     WrongExpectedVersion,
     check_parts,
-    names_any,
     naming_terms,
     stream_category,
 )
@@ -184,8 +184,8 @@ SELECT u.stream, u.pos, false FROM unnest(%b::TEXT[], %b::BIGINT[]) AS u(stream,
 """
 
 
-_NAMING_TERMS = 16
-"""Terms per `events_naming` query (OR-ed `position` tests; each query is one scan of the table)."""
+_NAMING_PAGE = 20_000
+"""Rows per page read by `events_naming` (~10 MB of bodies at 500 bytes each)."""
 
 
 def _row_to_event(row: Sequence[Any]) -> RecordedEvent:
@@ -579,28 +579,44 @@ class PostgresEventStore(EventStore):
     ) -> list[RecordedEvent]:
         """Every stored event (hidden by retention or not) whose stream name or body contains a term.
 
-        One scan of the table per 16 terms, in the server (`strpos` on the name, bytea `position` on the
-        body, a parallel sequential scan); results of several scans are merged in global order.
+        Pages of raw rows (position, stream, body) are read in position order through the primary key and
+        searched here with `matching_rows` (one C `find` per term over a whole page), then only the hits are
+        read as events. In the server, `position` on a bytea compares byte by byte: ~0.7 s per term per 1M
+        rows of 500 bytes, against ~2 s to read 1M such rows and ~0.15 s per term to search them here.
         """
         needles = naming_terms(terms)
-        found: dict[int, RecordedEvent] = {}
-        for i in range(0, len(needles), _NAMING_TERMS):
-            chunk = needles[i : i + _NAMING_TERMS]
-            tests = " OR ".join(
-                f"strpos(e.stream, %(t{j})s) > 0 OR position(%(b{j})s::BYTEA IN e.data) > 0"
-                for j in range(len(chunk))
-            )
-            params: dict[str, Any] = {"skip": list(skip_categories)}
-            for j, needle in enumerate(chunk):
-                params[f"t{j}"], params[f"b{j}"] = needle.decode(), needle
-            query = self._sql(
-                f"SELECT {_COLUMNS} FROM {{s}}.events e"
-                f" WHERE NOT (e.category = ANY(%(skip)s::TEXT[])) AND ({tests})"
-            )
+        if not needles:
+            return []
+        hits: list[int] = []
+        after = START
+        page = self._sql(
+            "SELECT e.global_position, e.stream, e.data FROM {s}.events e"
+            " WHERE e.global_position > %(after)s AND NOT (e.category = ANY(%(skip)s::TEXT[]))"
+            " ORDER BY e.global_position LIMIT %(limit)s"
+        )
+        while True:
             async with self._connection() as conn:
-                cursor = await conn.execute(query, params)
-                found.update((r[3], _row_to_event(r)) for r in await cursor.fetchall())
-        return [found[p] for p in sorted(found) if names_any(found[p], needles)]
+                cursor = conn.cursor(binary=True)
+                await cursor.execute(
+                    page, {"after": after, "skip": list(skip_categories), "limit": _NAMING_PAGE}
+                )
+                rows = [(int(r[0]), str(r[1]), bytes(r[2])) for r in await cursor.fetchall()]
+            hits.extend(matching_rows(rows, needles))
+            if len(rows) < _NAMING_PAGE:
+                break
+            after = rows[-1][0]
+        found: list[RecordedEvent] = []
+        for i in range(0, len(hits), _NAMING_PAGE):
+            async with self._connection() as conn:
+                cursor = await conn.execute(
+                    self._sql(
+                        f"SELECT {_COLUMNS} FROM {{s}}.events e WHERE e.global_position = ANY(%b::BIGINT[])"
+                        " ORDER BY e.global_position"
+                    ),
+                    (hits[i : i + _NAMING_PAGE],),
+                )
+                found.extend(_row_to_event(r) for r in await cursor.fetchall())
+        return found
 
     async def erase_events(self, changes: Mapping[uuid.UUID, bytes | None]) -> int:
         """Delete or rewrite the body of stored events in one transaction under the append lock."""
