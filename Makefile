@@ -78,6 +78,7 @@ bench: setup
 	$(PY) -m bench.idle
 	$(PY) -m bench.segments.latency
 	$(PY) -m bench.segments --backends sqlite,postgres
+	$(PY) -m bench.governance
 
 clean: down
 	rm -rf $(VENV) $(STAMPS) node_modules data cdp/common cdp/ingest cdp/identity cdp/segments cdp/activation cdp/governance cdp/ops
