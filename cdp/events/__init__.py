@@ -87,12 +87,13 @@ CATALOG: dict[str, tuple[type[DomainEvent], ...]] = {
 `ConsentChanged` is governance's; ingest also appends it, in the commit of the message that stated it."""
 
 __all__ = [
+    "CATALOG",
+    "REGISTRY",
     "AccessCompleted",
     "AccessRequested",
     "AttributeDefined",
     "AudienceArchived",
     "AudienceDefined",
-    "CATALOG",
     "ComputedTraitDefined",
     "ConnectionCreated",
     "ConsentChanged",
@@ -117,7 +118,6 @@ __all__ = [
     "MessagesAttributed",
     "ProfileSplit",
     "ProfilesMerged",
-    "REGISTRY",
     "ReadModelPurged",
     "RequestStepCompleted",
     "RequestStepFailed",
