@@ -143,6 +143,10 @@ class Settings:
     """`jurisdiction:regime` pairs, comma-separated (`eu:opt_in,us:opt_out`): `opt_in` denies a purpose until it
     is granted, `opt_out` grants it until it is denied."""
 
+    erasure_purgers: tuple[str, ...] = ("ingest", "identity", "segments")
+    """The services an erasure waits for (each confirms it forgot the person with `ReadModelPurged`) before the
+    log is erased and the request completes; comma-separated service names."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised `CDP_*` variables, kept so a typo can be reported rather than silently ignored."""
 
@@ -229,6 +233,12 @@ class Settings:
                     f"CDP_CONSENT_REGIMES: {jurisdiction}:{regime} refused "
                     "(jurisdiction: lowercase letters, digits and -; regime: opt_in or opt_out)"
                 )
+        unknown = [s for s in self.erasure_purgers if s not in SERVICES or s == "governance"]
+        if unknown:
+            raise SettingsError(
+                f"CDP_ERASURE_PURGERS: {unknown} refused (services that hold read models: "
+                "ingest, identity, segments, activation)"
+            )
         if self.consent_default_jurisdiction not in self.consent_regimes:
             raise SettingsError(
                 f"CDP_CONSENT_DEFAULT_JURISDICTION: {self.consent_default_jurisdiction!r} has no regime in "
@@ -266,7 +276,7 @@ def _parse(name: str, raw: str) -> object:
             return float(raw)
         if name in ("data_dir", "master_key_file", "subject_secret_file"):
             return Path(raw)
-        if name in ("write_keys", "consent_purposes"):
+        if name in ("write_keys", "consent_purposes", "erasure_purgers"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         if name == "consent_regimes":
             return _pairs(raw)

@@ -13,6 +13,7 @@ from cdp.reactor import Reactor
 from cdp.runtime import resources
 from cdp.runtime.server import ServiceApp
 from cdp.runtime.settings import Settings
+from cdp.sqlengine import create_tables
 from services.governance.application import RequestDesk
 from services.governance.consent import build_consent
 from services.governance.directory import Directory, identity_lookup
@@ -20,10 +21,6 @@ from services.governance.grpc_api import SERVICE, GovernanceServicer
 from services.governance.request_rpcs import RequestRpcs
 from services.governance.requests import RequestLedger, RequestQueries
 from services.governance.worker import ProfileReader, RequestWorker
-
-PURGERS = ("ingest", "identity", "segments")
-"""The services an erasure waits for (each confirms with `ReadModelPurged`); activation joins once it is built."""
-
 
 async def build(settings: Settings) -> ServiceApp:
     """Wire the governance service for these settings; its reactors and request worker run with the server."""
@@ -43,9 +40,10 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, RequestDesk]:
     )
     consent_reactor, consent_rpcs = await build_consent(settings, store, engine, directory)
     ledger = Reactor(store, RequestLedger(), engine)
+    await asyncio.to_thread(create_tables, RequestLedger.metadata, engine)  # the worker may look before it
     queries = RequestQueries(engine)
     profiles = profile_reader(channel, settings.admin_token, settings.dependency_timeout_seconds)
-    worker = RequestWorker(store, keyring, queries, ledger, profiles, PURGERS)
+    worker = RequestWorker(store, keyring, queries, ledger, profiles, settings.erasure_purgers)
     desk = RequestDesk(store, keyring, directory, queries, ledger, worker)
 
     async def stop() -> None:

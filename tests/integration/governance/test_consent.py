@@ -1,7 +1,7 @@
 """Consent through real gRPC servers on loopback (ingest, identity and governance's consent RPCs), on both logs.
 
-Governance's servicer is not wired to consent yet (its composition root is the lead's), so this test serves
-`build_consent`'s RPCs from a small subclass of the servicer.
+The governance server here serves what `build_consent` builds (the same parts `services.governance.main` wires),
+so the test can also reach behind it: the consent reactor and its read model.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ GRANTED, DENIED = pb.CONSENT_STATE_GRANTED, pb.CONSENT_STATE_DENIED
 
 
 class ConsentServicer(GovernanceServicer):
-    """The governance servicer with the consent methods served (as main.py will wire them)."""
+    """The governance servicer with only the consent methods served (the request desk is not needed here)."""
 
     def __init__(self, rpcs: ConsentRpcs) -> None:
         self.SetConsent = rpcs.SetConsent
