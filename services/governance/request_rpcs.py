@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,8 @@ STATES = {
 STATE_OF = {number: state for state, number in STATES.items()}
 TYPE_ENUMS = {name: number for number, name in TYPE_NAMES.items()}
 MAX_REFERENCE = 200
+REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""What a request id can look like (it names the `dsr-` stream)."""
 TOKEN_KIND = "requests"
 
 
@@ -75,6 +78,8 @@ class RequestRpcs:
         request_id = request.request_id.strip()
         if not request_id:
             raise InvalidInput.field("request_id", "is required")
+        if not REQUEST_ID.match(request_id):
+            raise InvalidInput.field("request_id", "is not a request id (letters, digits, _.-; at most 128)")
         found, export = await self._desk.get(request_id)
         message = request_message(found)
         if export is not None:

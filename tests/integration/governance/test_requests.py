@@ -271,6 +271,7 @@ async def test_requests_past_their_deadline_are_listed_as_overdue(platform: Plat
         ),
         ("RequestErasure", pb.RequestErasureRequest(subject=ref(EMAIL, "  ")), "subject.identifier.value"),
         ("GetRequest", pb.GetRequestRequest(), "request_id"),
+        ("GetRequest", pb.GetRequestRequest(request_id="a@b c"), "request_id"),
         ("ListRequests", pb.ListRequestsRequest(page={"page_token": "nonsense"}), "page.page_token"),
     ],
 )
