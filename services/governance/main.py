@@ -22,6 +22,7 @@ from services.governance.request_rpcs import RequestRpcs
 from services.governance.requests import RequestLedger, RequestQueries
 from services.governance.worker import ProfileReader, RequestWorker
 
+
 async def build(settings: Settings) -> ServiceApp:
     """Wire the governance service for these settings; its reactors and request worker run with the server."""
     service, _ = await assemble(settings)
