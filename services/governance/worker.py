@@ -109,11 +109,18 @@ class RequestWorker:
                 await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
 
     async def listen(self) -> None:
-        """Wake the worker whenever a service confirms a purge (so an erasure moves on at once)."""
-        head = await self._store.head_position()
-        confirmations = self._store.subscribe(head, filter=_types(ReadModelPurged))
-        async for _ in confirmations:
-            self.wake()
+        """Wake the worker whenever a service confirms a purge (so an erasure moves on at once); a lost
+        subscription (the log away) is opened again, and meanwhile the worker still looks every few seconds."""
+        while True:
+            try:
+                head = await self._store.head_position()
+                async for _ in self._store.subscribe(head, filter=_types(ReadModelPurged)):
+                    self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("governance_listen_paused", error=describe(error))
+                await asyncio.sleep(IDLE_SECONDS)
 
     async def carry_out(self, request_id: str) -> Request | None:
         """Do every step of the request that can be done now; the request as its stream then tells it."""
