@@ -20,7 +20,7 @@ from services.governance.directory import Directory, identity_lookup
 from services.governance.grpc_api import SERVICE, GovernanceServicer
 from services.governance.request_rpcs import RequestRpcs
 from services.governance.requests import RequestLedger, RequestQueries
-from services.governance.worker import ProfileReader, RequestWorker
+from services.governance.worker import DecisionReader, ProfileReader, RequestWorker
 
 
 async def build(settings: Settings) -> ServiceApp:
@@ -44,7 +44,8 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, RequestDesk]:
     await asyncio.to_thread(create_tables, RequestLedger.metadata, engine)  # the worker may look before it
     queries = RequestQueries(engine)
     profiles = profile_reader(channel, settings.admin_token, settings.dependency_timeout_seconds)
-    worker = RequestWorker(store, keyring, queries, ledger, profiles, settings.erasure_purgers)
+    decisions = decision_reader(channel, settings.admin_token, settings.dependency_timeout_seconds)
+    worker = RequestWorker(store, keyring, queries, ledger, profiles, settings.erasure_purgers, decisions)
     desk = RequestDesk(store, keyring, directory, queries, ledger, worker)
 
     async def stop() -> None:
@@ -83,5 +84,34 @@ def profile_reader(channel: grpc.aio.Channel, token: str, timeout: float) -> Pro
             raise
         profile: identity_service_pb2.Profile = reply.profile
         return profile
+
+    return read
+
+
+def decision_reader(channel: grpc.aio.Channel, token: str, timeout: float) -> DecisionReader:
+    """A profile id → every identity decision about it (GetMergeHistory, all pages); [] when identity does not
+    know it."""
+    stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
+
+    async def read(profile_id: str) -> list[identity_service_pb2.IdentityDecision]:
+        found: list[identity_service_pb2.IdentityDecision] = []
+        token_ = ""
+        while True:
+            request = identity_service_pb2.GetMergeHistoryRequest(
+                profile=identity_pb2.ProfileRef(profile_id=profile_id)
+            )
+            request.page.page_size, request.page.page_token = 1000, token_
+            try:
+                reply = await stub.GetMergeHistory(
+                    request, metadata=(("authorization", f"Bearer {token}"),), timeout=max(timeout, 10.0)
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return found
+                raise
+            found.extend(reply.decisions)
+            token_ = reply.page.next_page_token
+            if not token_:
+                return found
 
     return read

@@ -35,6 +35,14 @@ requests_table = Table(
     Column("data", Text, nullable=False),
 )
 
+request_subjects = Table(
+    "governance_request_subjects",
+    metadata,
+    Column("subject_id", String(64), primary_key=True),
+    Column("request_id", String(64), primary_key=True),
+)
+"""Which requests cover which subjects (an access export lists the person's earlier requests)."""
+
 suppressions = Table(
     "governance_suppressions",
     metadata,
@@ -75,6 +83,11 @@ class RequestLedger:
             values = _row(after)
             if row is None:
                 session.execute(requests_table.insert().values(values))
+                covered = [
+                    {"subject_id": s, "request_id": request_id} for s in dict.fromkeys(after.subject_ids)
+                ]
+                if covered:
+                    session.execute(request_subjects.insert(), covered)
             else:
                 session.execute(
                     requests_table.update().where(requests_table.c.request_id == request_id).values(values)
@@ -186,6 +199,19 @@ class RequestQueries:
             rows = connection.execute(query).all()
         token = f"{rows[size - 1].requested_at}|{rows[size - 1].request_id}" if len(rows) > size else ""
         return RequestPage([from_json(json.loads(r.data)) for r in rows[:size]], token)
+
+    def covering(self, subjects: Sequence[str]) -> list[Request]:
+        """Every request that covers any of these subjects, oldest first."""
+        with self._engine.connect() as connection:
+            ids = select(request_subjects.c.request_id).where(
+                request_subjects.c.subject_id.in_(list(subjects))
+            )
+            rows = connection.execute(
+                select(requests_table.c.data)
+                .where(requests_table.c.request_id.in_(ids))
+                .order_by(requests_table.c.requested_at, requests_table.c.request_id)
+            ).scalars()
+            return [from_json(json.loads(data)) for data in rows]
 
     def suppressing(self, subjects: Sequence[str]) -> dict[str, list[str]]:
         """Subject → the suppression requests in force for it."""

@@ -67,6 +67,8 @@ IDLE_SECONDS = 2.0
 
 ProfileReader = Callable[[str], Awaitable[identity_service_pb2.Profile | None]]
 """A profile id → identity's whole profile (traits, identifiers, stats), or None when unknown."""
+DecisionReader = Callable[[str], Awaitable[list[identity_service_pb2.IdentityDecision]]]
+"""A profile id → identity's decisions about it and the profiles merged into it, oldest first."""
 
 
 class RequestWorker:
@@ -80,9 +82,10 @@ class RequestWorker:
         ledger: Reactor,
         profiles: ProfileReader,
         purgers: Sequence[str],
+        decisions: DecisionReader | None = None,
     ) -> None:
         self._store, self._keyring, self._queries, self._ledger = store, keyring, queries, ledger
-        self._profiles = profiles
+        self._profiles, self._decisions = profiles, decisions
         self.purgers = tuple(purgers)
         """The services whose `ReadModelPurged` an erasure waits for."""
         self._wake = asyncio.Event()
@@ -314,10 +317,28 @@ class RequestWorker:
     async def _build_export(self, request: Request) -> tuple[dict[str, Any], dict[str, int]]:
         """Everything the platform knows about the person, as one JSON document."""
         profile: dict[str, Any] = {}
+        decisions: list[dict[str, Any]] = []
         if request.profile_id:
             found = await self._profiles(request.profile_id)
             if found is not None:
                 profile = json_format.MessageToDict(found, preserving_proto_field_name=True)
+            if self._decisions is not None:
+                decisions = [
+                    json_format.MessageToDict(d, preserving_proto_field_name=True)
+                    for d in await self._decisions(request.profile_id)
+                ]
+        earlier = [
+            {
+                "request_id": r.request_id,
+                "kind": r.kind.value,
+                "state": r.state.value,
+                "requested_at": r.requested_at.isoformat(),
+                "completed_at": r.completed_at.isoformat() if r.completed_at else None,
+                "external_reference": r.external_reference,
+            }
+            for r in await asyncio.to_thread(self._queries.covering, request.subject_ids)
+            if r.request_id != request.request_id
+        ]
         messages: list[dict[str, Any]] = []
         consent: list[dict[str, Any]] = []
         unreadable = 0
@@ -358,6 +379,8 @@ class RequestWorker:
             "identifiers": profile.get("identifiers", []),
             "messages": messages,
             "consent_history": consent,
+            "identity_decisions": decisions,
+            "requests": earlier,
             "audience_memberships": {
                 "current": sorted(a for a, inside in current.items() if inside),
                 "history": memberships,
@@ -371,6 +394,8 @@ class RequestWorker:
             "identifiers": len(export["identifiers"]),
             "consent_changes": len(consent),
             "memberships": len(memberships),
+            "identity_decisions": len(decisions),
+            "requests": len(earlier),
             "unreadable": unreadable,
         }
         return export, counts

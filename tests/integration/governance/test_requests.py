@@ -160,6 +160,18 @@ async def test_an_access_export_holds_the_profile_every_message_and_the_consent_
     assert [r.request_id for r in listed.requests] == [opened.request_id]
     assert not listed.requests[0].HasField("export")  # exports only through GetRequest
     assert all(not i.value for i in listed.requests[0].identifiers)
+    assert export["identity_decisions"] and export["requests"] == []
+
+    # A second export lists the first request among the person's earlier ones.
+    second = (
+        await platform.governance.RequestAccess(
+            pb.RequestAccessRequest(subject=ref(USER, "ana")), metadata=ADMIN
+        )
+    ).request
+    again: dict[str, Any] = json.loads(
+        json_format.MessageToJson((await platform.completed(second.request_id)).export)
+    )
+    assert [r["request_id"] for r in again["requests"]] == [opened.request_id]
 
 
 async def test_a_suppressed_person_is_dropped_and_counted_until_unsuppressed(platform: Platform) -> None:
