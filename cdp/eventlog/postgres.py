@@ -491,7 +491,11 @@ class PostgresEventStore(EventStore):
         query = self._sql(
             "SELECT head.h, ev.* FROM (SELECT coalesce(max(global_position), -1) AS h FROM {s}.events) head"
             f" LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM {{s}}.events e"
-            " LEFT JOIN {s}.streams s ON s.stream = e.stream"
+            # Each event's stream is looked up by its key (OFFSET 0 keeps the planner from turning this into a
+            # hash join over every event after `after`, sorted on disk before the LIMIT: 0.3 s a page at 200k
+            # events, growing with the log, against a few ms this way, whatever its size).
+            " LEFT JOIN LATERAL (SELECT s.max_count, s.last_position, s.max_age FROM {s}.streams s"
+            " WHERE s.stream = e.stream OFFSET 0) s ON true"
             f" WHERE e.global_position > %(after)s AND e.global_position <= head.h{where} AND {_VISIBLE}"
             " ORDER BY e.global_position LIMIT %(limit)s) ev ON true ORDER BY ev.global_position"
         )

@@ -90,6 +90,8 @@ class RequestWorker:
         """The services whose `ReadModelPurged` an erasure waits for."""
         self._wake = asyncio.Event()
         self._failures: dict[str, tuple[int, float]] = {}
+        self._plans: dict[str, _Plan] = {}
+        """Request id → the log scan just recorded (`log_scanned`), for the step that erases it."""
         """Request id → (failures in a row, monotonic time before which it is not retried)."""
 
     def wake(self) -> None:
@@ -202,8 +204,9 @@ class RequestWorker:
         elif step == dsr.LOG_SCANNED:
             plan = await self._plan(request)
             await self._step(request, step, plan.counts())
+            self._plans[request.request_id] = plan  # erased from at once, without a second scan
         elif step == dsr.LOG_ERASED:
-            await self._erase_log(request)
+            await self._erase_log(request, self._plans.pop(request.request_id, None))
         elif step == "complete":
             await self._complete(request)
 
@@ -237,8 +240,10 @@ class RequestWorker:
         found = await self._store.events_naming(terms, skip_categories=dsr.SKIPPED_CATEGORIES)
         return _Plan(request, found)
 
-    async def _erase_log(self, request: Request) -> None:
-        plan = await self._plan(request)
+    async def _erase_log(self, request: Request, plan: _Plan | None) -> None:
+        """Delete and redact what the scan found; after a crash since the scan, scan again (what is left)."""
+        if plan is None:
+            plan = await self._plan(request)
         for stream in plan.own_streams:
             with contextlib.suppress(StreamDeleted):
                 await self._store.delete_stream(stream)
