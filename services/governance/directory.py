@@ -9,7 +9,7 @@ subject: its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -119,13 +119,19 @@ class Directory:
         return Person(profile.profile_id, profiles, unique)
 
 
-def identity_lookup(channel: grpc.aio.Channel, token: str, timeout: float) -> ProfileLookup:
-    """Ask identity's GetProfile (identifiers and merged profiles only); NOT_FOUND → None."""
+WHO = ("profile_id", "identifiers", "merged_profile_ids")
+"""The fields of a profile that say who the person is (all a request needs to find them)."""
+
+
+def identity_lookup(
+    channel: grpc.aio.Channel, token: str, timeout: float, fields: Sequence[str] = WHO
+) -> ProfileLookup:
+    """Ask identity's GetProfile for these fields (none: the whole profile); NOT_FOUND → None."""
     stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
 
     async def lookup(ref: identity_pb2.ProfileRef) -> identity_service_pb2.Profile | None:
         request = identity_service_pb2.GetProfileRequest(profile=ref)
-        request.read_mask.paths.extend(["profile_id", "identifiers", "merged_profile_ids"])
+        request.read_mask.paths.extend(fields)
         try:
             reply = await stub.GetProfile(
                 request, metadata=(("authorization", f"Bearer {token}"),), timeout=max(timeout, 5.0)

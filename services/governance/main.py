@@ -68,22 +68,10 @@ async def assemble(settings: Settings) -> tuple[ServiceApp, RequestDesk]:
 
 def profile_reader(channel: grpc.aio.Channel, token: str, timeout: float) -> ProfileReader:
     """A profile id → identity's whole profile (for access exports); None when identity does not know it."""
-    stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
+    lookup = identity_lookup(channel, token, max(timeout, 10.0), fields=())
 
     async def read(profile_id: str) -> identity_service_pb2.Profile | None:
-        request = identity_service_pb2.GetProfileRequest(
-            profile=identity_pb2.ProfileRef(profile_id=profile_id)
-        )
-        try:
-            reply = await stub.GetProfile(
-                request, metadata=(("authorization", f"Bearer {token}"),), timeout=max(timeout, 10.0)
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        profile: identity_service_pb2.Profile = reply.profile
-        return profile
+        return await lookup(identity_pb2.ProfileRef(profile_id=profile_id))
 
     return read
 
