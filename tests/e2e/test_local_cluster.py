@@ -126,7 +126,13 @@ def test_a_killed_service_is_dead_in_status_until_up_restarts_it(cluster_env: di
     ]
     assert "no error logged (killed?)" in " ".join(shown["segments"][3:])
     reactors = reactor_rows(status)
-    assert sorted(reactors) == ["identity-resolver", "ingest-config", "ingest-state"]
+    assert sorted(reactors) == [
+        "governance-consent",
+        "governance-requests",
+        "identity-resolver",
+        "ingest-config",
+        "ingest-state",
+    ]
     assert all(words[:5] == ["live", "lag", "0", "parked", "0"] for words in reactors.values()), status.stdout
     assert [row[2] for name, row in shown.items() if name != "segments"] == ["SERVING"] * len(SERVICES)
 
