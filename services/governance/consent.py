@@ -40,6 +40,7 @@ from cdp.events import ConsentChanged, EventMetadata, SubjectErased, from_record
 from cdp.reactor import Reactor
 from cdp.runtime.settings import Settings
 from cdp.sqlengine import create_tables, read_only
+from services.governance.convert import from_micros, micros
 from services.governance.directory import Directory
 from services.governance.domain.consent import ConsentDefaults, ConsentState, Decision, consent_at, in_force
 
@@ -50,7 +51,6 @@ NAME = "governance-consent"
 MAX_CLOCK_SKEW = timedelta(minutes=1)
 """An effective time this little ahead of the server's clock is taken as now, not refused as in the future."""
 _IDEMPOTENCY = uuid.UUID("3b0b8f0e-8a36-4f5e-9f0e-6c1f3f4e2a71")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 metadata = MetaData()
 
@@ -73,16 +73,6 @@ changes = Table(
     Column("cause_message_id", String, nullable=False),
     Index("governance_consent_changes_subject", "subject_id", "effective_us", "position"),
 )
-
-
-def micros(moment: datetime) -> int:
-    """µs since the epoch (the tables' time columns)."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(value: int) -> datetime:
-    """The datetime of µs since the epoch."""
-    return _EPOCH + timedelta(microseconds=value)
 
 
 def source_of(event: ConsentChanged) -> str:

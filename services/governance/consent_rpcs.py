@@ -14,12 +14,12 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from cdp.common.v1 import audit_pb2
 from cdp.errors import FieldViolation, InvalidInput, NotFound
 from cdp.governance.v1 import governance_service_pb2 as pb
 from cdp.runtime import paging
 from cdp.runtime.auth import current_principal
-from services.governance.consent import ConsentBook, ConsentCommand, HistoryEntry, HistoryQuery, micros
+from services.governance.consent import ConsentBook, ConsentCommand, HistoryEntry, HistoryQuery
+from services.governance.convert import actor_message, timestamp
 from services.governance.directory import Directory, Person
 from services.governance.domain.consent import ConsentState, PurposeState
 
@@ -28,12 +28,6 @@ _SOURCE = re.compile(r"^(api|cmp:[a-z0-9][a-z0-9_.-]{0,63})$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
 MAX_IDEMPOTENCY_KEY = 128
 _STATES = {True: pb.CONSENT_STATE_GRANTED, False: pb.CONSENT_STATE_DENIED, None: pb.CONSENT_STATE_UNSPECIFIED}
-_ACTOR_KINDS = {
-    "admin": audit_pb2.ACTOR_KIND_OPERATOR,
-    "source": audit_pb2.ACTOR_KIND_SERVICE,
-    "service": audit_pb2.ACTOR_KIND_SERVICE,
-    "system": audit_pb2.ACTOR_KIND_SYSTEM,
-}
 
 
 class ConsentRpcs:
@@ -153,16 +147,11 @@ def _moment(moment: timestamp_pb2.Timestamp) -> datetime:
     return moment.ToDatetime(tzinfo=UTC)
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    seconds, rest = divmod(micros(moment), 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1_000)
-
-
 def _consent(person: Person | None, state: ConsentState, as_of: datetime) -> pb.Consent:
     return pb.Consent(
         profile_id=person.profile_id if person is not None else "",
         purposes=[_purpose(p) for p in state.purposes],
-        as_of=_timestamp(as_of),
+        as_of=timestamp(as_of),
         jurisdiction=state.jurisdiction,
     )
 
@@ -173,7 +162,7 @@ def _purpose(state: PurposeState) -> pb.PurposeConsent:
     )
     decision = state.decision
     if decision is not None:
-        message.effective_time.CopyFrom(_timestamp(decision.effective_at))
+        message.effective_time.CopyFrom(timestamp(decision.effective_at))
         message.source = decision.source
         message.policy_version = decision.policy_version
         message.jurisdiction = decision.jurisdiction
@@ -185,16 +174,11 @@ def _change(entry: HistoryEntry) -> pb.ConsentChange:
         purpose=entry.purpose,
         previous_state=_STATES[entry.previous],
         state=_STATES[entry.granted],
-        effective_time=_timestamp(entry.effective_at),
+        effective_time=timestamp(entry.effective_at),
         source=entry.source,
-        actor=_actor(entry.actor),
+        actor=actor_message(entry.actor),
         cause_message_id=entry.cause_message_id,
         policy_version=entry.policy_version,
         jurisdiction=entry.jurisdiction,
-        record_time=_timestamp(entry.recorded_at),
+        record_time=timestamp(entry.recorded_at),
     )
-
-
-def _actor(actor: str) -> audit_pb2.Actor:
-    kind, _, ident = actor.partition(":")
-    return audit_pb2.Actor(kind=_ACTOR_KINDS.get(kind, audit_pb2.ACTOR_KIND_UNSPECIFIED), id=ident or kind)

@@ -6,14 +6,15 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2
 
-from cdp.common.v1 import audit_pb2, identity_pb2
+from cdp.common.v1 import identity_pb2
 from cdp.errors import InvalidInput
 from cdp.governance.v1 import governance_service_pb2 as pb
 from cdp.runtime import paging
 from cdp.runtime.auth import current_principal
 from services.governance.application import Opened, RequestDesk
+from services.governance.convert import actor_message, timestamp
 from services.governance.directory import TYPE_NAMES, PersonIdentifier
 from services.governance.domain.requests import DEADLINES, DEFAULT_REGULATION, Kind, Request, State, Step
 
@@ -135,11 +136,11 @@ def request_message(
     message.identifiers.extend(
         identifiers if identifiers is not None else [_typed(t) for t in request.identifier_types]
     )
-    message.requested_by.CopyFrom(_actor_message(request.actor))
-    message.create_time.CopyFrom(_stamp(request.requested_at))
-    message.due_time.CopyFrom(_stamp(request.due_at))
+    message.requested_by.CopyFrom(actor_message(request.actor))
+    message.create_time.CopyFrom(timestamp(request.requested_at))
+    message.due_time.CopyFrom(timestamp(request.due_at))
     if request.completed_at is not None:
-        message.complete_time.CopyFrom(_stamp(request.completed_at))
+        message.complete_time.CopyFrom(timestamp(request.completed_at))
     if request.receipt:
         receipt = struct_pb2.Struct()
         receipt.update(dict(request.receipt))
@@ -179,16 +180,8 @@ def _step(step: Step) -> pb.RequestStep:
         detail=step.detail or (f"attempt {step.attempts}: {step.error}" if step.error else ""),
     )
     if step.completed_at is not None:
-        message.complete_time.CopyFrom(_stamp(step.completed_at))
+        message.complete_time.CopyFrom(timestamp(step.completed_at))
     return message
-
-
-def _actor_message(actor: str) -> audit_pb2.Actor:
-    if actor.startswith("admin"):
-        return audit_pb2.Actor(kind=audit_pb2.ACTOR_KIND_OPERATOR, id=actor)
-    if actor.startswith("source:"):
-        return audit_pb2.Actor(kind=audit_pb2.ACTOR_KIND_SERVICE, id=actor)
-    return audit_pb2.Actor(kind=audit_pb2.ACTOR_KIND_SYSTEM, id=actor)
 
 
 def _subject(ref: identity_pb2.ProfileRef) -> identity_pb2.ProfileRef:
@@ -225,9 +218,3 @@ def _range(request: pb.ListRequestsRequest) -> tuple[datetime | None, datetime |
 
 def _actor() -> str:
     return current_principal.get().actor
-
-
-def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp

@@ -19,6 +19,7 @@ from cdp.eventlog.port import EventFilter, RecordedEvent
 from cdp.events import from_recorded, streams
 from cdp.events.governance import SubjectSuppressed, SubjectUnsuppressed
 from cdp.sqlengine import read_only
+from services.governance.convert import micros
 from services.governance.domain.requests import Kind, Request, State, advance, from_json, to_json
 
 metadata = MetaData()
@@ -49,11 +50,6 @@ suppressions = Table(
     Column("subject_id", String(64), primary_key=True),
     Column("request_id", String(64), primary_key=True),
 )
-
-
-def micros(moment: datetime) -> int:
-    """Microseconds since the epoch (the tables' time columns)."""
-    return int(moment.timestamp() * 1_000_000)
 
 
 class RequestLedger:
