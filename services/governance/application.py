@@ -15,7 +15,7 @@ from typing import Any
 
 from cdp import errors
 from cdp.eventlog.port import EventStore, ExpectedVersion
-from cdp.events import EventMetadata, from_recorded, streams
+from cdp.events import EventMetadata, streams
 from cdp.events.governance import (
     AccessCompleted,
     AccessRequested,
@@ -59,18 +59,11 @@ class RequestDesk:
     async def request_access(self, ref: Any, regulation: str, reference: str, actor: str) -> Opened:
         """Open an access request for the person `ref` names."""
         person = await self._person(ref)
-        request_id, at = _new_id(), _now()
+        request_id = _new_id()
         event = AccessRequested(
             request_id=request_id,
             subject_id=person.primary_subject,
-            subject_ids=person.subject_ids,
-            identifier_types=tuple(i.type for i in _unique(person)),
-            profile_id=person.profile_id,
-            profile_ids=person.profile_ids,
-            regulation=regulation,
-            requested_at=at,
-            due_at=dsr.due_at(at, regulation),
-            external_reference=reference,
+            **_covering(person, regulation, reference),
         )
         return await self._open(request_id, [event], person, actor)
 
@@ -82,21 +75,11 @@ class RequestDesk:
         for open_request in await asyncio.to_thread(self._queries.open_requests):
             if open_request.kind is Kind.ERASURE and set(person.subject_ids) <= set(open_request.subject_ids):
                 return Opened(open_request, person)  # the same person's erasure is under way: idempotent
-        request_id, at = _new_id(), _now()
-        events: list[Any] = [
-            ErasureRequested(
-                request_id=request_id,
-                subject_ids=person.subject_ids,
-                identifier_types=tuple(i.type for i in _unique(person)),
-                profile_id=person.profile_id,
-                profile_ids=person.profile_ids,
-                suppress=suppress,
-                regulation=regulation,
-                requested_at=at,
-                due_at=dsr.due_at(at, regulation),
-                external_reference=reference,
-            )
-        ]
+        request_id = _new_id()
+        requested = ErasureRequested(
+            request_id=request_id, suppress=suppress, **_covering(person, regulation, reference)
+        )
+        events: list[Any] = [requested]
         if suppress:
             events.append(
                 SubjectSuppressed(
@@ -105,7 +88,7 @@ class RequestDesk:
                     profile_id=person.profile_id,
                     reason="erasure request",
                     external_reference=reference,
-                    requested_at=at,
+                    requested_at=requested.requested_at,
                 )
             )
         return await self._open(request_id, events, person, actor)
@@ -135,7 +118,7 @@ class RequestDesk:
         request_id = _new_id()
         event = SubjectUnsuppressed(
             request_id=request_id,
-            subject_ids=tuple(sorted(covered | set(suppressing) | set(person.subject_ids))),
+            subject_ids=tuple(sorted(covered | set(person.subject_ids))),
             profile_id=person.profile_id,
             reason="unsuppression request",
             external_reference=reference,
@@ -145,22 +128,20 @@ class RequestDesk:
 
     async def get(self, request_id: str) -> tuple[Request, dict[str, Any] | None]:
         """The request and, for a completed access request, its export (None once the person was erased)."""
-        request = await self._worker.read(request_id)
+        history = await self._worker.history(request_id)
+        request = dsr.fold(history)
         if request is None:
             raise errors.NotFound(f"request_id: no request {request_id!r}")
-        if request.kind is not Kind.ACCESS or request.completed_at is None:
+        sealed = [event for event, _, _ in history if isinstance(event, AccessCompleted)]
+        if not sealed:
             return request, None
-        for recorded in await self._store.read_stream(streams.request_stream(request_id)):
-            event = from_recorded(recorded) if recorded.type == AccessCompleted.type_name else None
-            if isinstance(event, AccessCompleted):
-                try:
-                    export = await asyncio.to_thread(
-                        self._keyring.decrypt_value, event.sealed_for, event.export, context=EXPORT_CONTEXT
-                    )
-                except (KeyErased, DecryptionFailed):
-                    return request, None
-                return request, export
-        return request, None
+        try:
+            export = await asyncio.to_thread(
+                self._keyring.decrypt_value, sealed[-1].sealed_for, sealed[-1].export, context=EXPORT_CONTEXT
+            )
+        except (KeyErased, DecryptionFailed):
+            return request, None
+        return request, export
 
     async def page(self, **filters: Any) -> RequestPage:
         """A page of requests (see `RequestQueries.page`), once the read model holds every request so far."""
@@ -185,9 +166,19 @@ class RequestDesk:
         return Opened(request, person)
 
 
-def _unique(person: Person) -> list[Any]:
-    """The person's identifiers, one per subject id (parallel to `Person.subject_ids`)."""
-    return list({i.subject_id: i for i in person.identifiers}.values())
+def _covering(person: Person, regulation: str, reference: str) -> dict[str, Any]:
+    """The fields an access or erasure request shares: whom it covers, under which law, due when."""
+    at = _now()
+    return {
+        "subject_ids": person.subject_ids,
+        "identifier_types": person.identifier_types,
+        "profile_id": person.profile_id,
+        "profile_ids": person.profile_ids,
+        "regulation": regulation,
+        "requested_at": at,
+        "due_at": dsr.due_at(at, regulation),
+        "external_reference": reference,
+    }
 
 
 def _new_id() -> str:

@@ -48,12 +48,17 @@ class Person:
     profile_ids: tuple[str, ...]
     """The live profile first, then every profile merged into it."""
     identifiers: tuple[PersonIdentifier, ...]
-    """The reference's own identifier first (when the request named one), then the profile's."""
+    """The reference's own identifier first (when the request named one), then the profile's; one per subject."""
 
     @property
     def subject_ids(self) -> tuple[str, ...]:
-        """Every subject id of the person, without repeats, in `identifiers` order."""
-        return tuple(dict.fromkeys(i.subject_id for i in self.identifiers))
+        """Every subject id of the person, in `identifiers` order."""
+        return tuple(i.subject_id for i in self.identifiers)
+
+    @property
+    def identifier_types(self) -> tuple[str, ...]:
+        """The type of each identifier (parallel to `subject_ids`)."""
+        return tuple(i.type for i in self.identifiers)
 
     @property
     def primary_subject(self) -> str:

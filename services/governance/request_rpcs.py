@@ -149,8 +149,7 @@ def request_message(
 
 
 def _opened(opened: Opened) -> pb.SubjectRequest:
-    unique = {i.subject_id: i for i in opened.person.identifiers}
-    return request_message(opened.request, [_identifier(i) for i in unique.values()])
+    return request_message(opened.request, [_identifier(i) for i in opened.person.identifiers])
 
 
 def _identifier(identifier: PersonIdentifier) -> identity_pb2.Identifier:

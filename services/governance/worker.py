@@ -51,6 +51,7 @@ from cdp.identity.v1 import identity_service_pb2
 from cdp.keyring import DecryptionFailed, Keyring
 from cdp.keyring import SubjectErased as KeyErased
 from cdp.reactor import Reactor, derived_id
+from services.governance.consent import source_of
 from services.governance.domain import requests as dsr
 from services.governance.domain.requests import Kind, Request, State
 from services.governance.requests import RequestQueries
@@ -90,9 +91,9 @@ class RequestWorker:
         """The services whose `ReadModelPurged` an erasure waits for."""
         self._wake = asyncio.Event()
         self._failures: dict[str, tuple[int, float]] = {}
+        """Request id → (failures in a row, monotonic time before which it is not retried)."""
         self._plans: dict[str, _Plan] = {}
         """Request id → the log scan just recorded (`log_scanned`), for the step that erases it."""
-        """Request id → (failures in a row, monotonic time before which it is not retried)."""
 
     def wake(self) -> None:
         """Something changed (a new request, a confirmation): look at open requests now."""
@@ -119,7 +120,8 @@ class RequestWorker:
         while True:
             try:
                 head = await self._store.head_position()
-                async for _ in self._store.subscribe(head, filter=_types(ReadModelPurged)):
+                confirmations = EventFilter(event_types=(ReadModelPurged.type_name,))
+                async for _ in self._store.subscribe(head, filter=confirmations):
                     self.wake()
             except asyncio.CancelledError:
                 raise
@@ -164,8 +166,17 @@ class RequestWorker:
 
     async def read(self, request_id: str) -> Request | None:
         """The request, folded from its stream."""
-        recorded = await _read(self._store, streams.request_stream(request_id))
-        return dsr.fold(_decoded(recorded))
+        return dsr.fold(await self.history(request_id))
+
+    async def history(self, request_id: str) -> list[tuple[DomainEvent, str, datetime]]:
+        """The request's stream: each event with its actor and when it was recorded."""
+        decoded = []
+        for event in await _read(self._store, streams.request_stream(request_id)):
+            try:
+                decoded.append((from_recorded(event), event.metadata.get("actor", ""), event.recorded_at))
+            except UnknownEventType:
+                continue
+        return decoded
 
     # -- steps ----------------------------------------------------------------------------------------------
 
@@ -198,8 +209,7 @@ class RequestWorker:
         elif step == dsr.ANNOUNCED:
             await self._announce(request)
         elif step.startswith("purged:"):
-            service = step.removeprefix("purged:")
-            rows = await self._purged_rows(request, service)
+            rows = request.rows_purged.get(step.removeprefix("purged:"), 0)
             await self._step(request, step, {"subjects": len(request.subject_ids), "rows": rows})
         elif step == dsr.LOG_SCANNED:
             plan = await self._plan(request)
@@ -225,14 +235,6 @@ class RequestWorker:
         if events:
             await self._store.append(stream, events)
         await self._step(request, dsr.ANNOUNCED, {"subjects": len(events)})
-
-    async def _purged_rows(self, request: Request, service: str) -> int:
-        recorded = await _read(self._store, streams.request_stream(request.request_id))
-        return sum(
-            event.rows_deleted
-            for event, _, _ in _decoded(recorded)
-            if isinstance(event, ReadModelPurged) and event.service == service
-        )
 
     async def _plan(self, request: Request) -> _Plan:
         """What of the person is still in the log: their own streams, shared events naming them."""
@@ -462,16 +464,6 @@ async def _read(store: EventStore, stream: str) -> list[RecordedEvent]:
         return []
 
 
-def _decoded(recorded: Sequence[RecordedEvent]) -> list[tuple[DomainEvent, str, datetime]]:
-    decoded = []
-    for event in recorded:
-        try:
-            decoded.append((from_recorded(event), event.metadata.get("actor", ""), event.recorded_at))
-        except UnknownEventType:
-            continue
-    return decoded
-
-
 def _message(keyring: Keyring, event: MessageCollected) -> dict[str, Any]:
     """A collected message as the Segment spec writes it: clear fields and decrypted personal ones."""
     personal = event.open_payload(keyring)
@@ -490,7 +482,7 @@ def _message(keyring: Keyring, event: MessageCollected) -> dict[str, Any]:
 def _consent(event: ConsentChanged, recorded: RecordedEvent) -> dict[str, Any]:
     return {
         "purposes": dict(event.purposes),
-        "source": event.source or ("message" if event.source_id else "api"),
+        "source": source_of(event),
         "policy_version": event.policy_version,
         "jurisdiction": event.jurisdiction,
         "effective_at": (event.effective_at or recorded.recorded_at).isoformat(),
@@ -498,10 +490,6 @@ def _consent(event: ConsentChanged, recorded: RecordedEvent) -> dict[str, Any]:
         "cause_message_id": event.cause_message_id,
         "actor": recorded.metadata.get("actor", ""),
     }
-
-
-def _types(*classes: type[DomainEvent]) -> EventFilter:
-    return EventFilter(event_types=tuple(cls.type_name for cls in classes))
 
 
 def _now() -> datetime:

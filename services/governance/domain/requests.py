@@ -106,6 +106,8 @@ class Request:
     export_counts: Mapping[str, int] = field(default_factory=dict)
     confirmations: dict[str, set[str]] = field(default_factory=dict)
     """Service → the subjects it confirmed purging (`ReadModelPurged`)."""
+    rows_purged: dict[str, int] = field(default_factory=dict)
+    """Service → the read-model rows its confirmations say it deleted."""
 
     def done(self, step: str) -> bool:
         """Whether the step completed."""
@@ -153,6 +155,7 @@ def advance(request: Request | None, event: DomainEvent, actor: str, recorded_at
             request.state = State.IN_PROGRESS
     elif isinstance(event, ReadModelPurged):
         request.confirmations.setdefault(event.service, set()).add(event.subject_id)
+        request.rows_purged[event.service] = request.rows_purged.get(event.service, 0) + event.rows_deleted
     elif isinstance(event, ErasureCompleted):
         request.state, request.completed_at = State.COMPLETED, event.completed_at
         request.receipt = dict(event.receipt)
@@ -272,6 +275,7 @@ def to_json(request: Request) -> dict[str, Any]:
         "receipt": dict(request.receipt),
         "export_counts": dict(request.export_counts),
         "confirmations": {service: sorted(s) for service, s in request.confirmations.items()},
+        "rows_purged": dict(request.rows_purged),
     }
 
 
@@ -307,6 +311,7 @@ def from_json(data: Mapping[str, Any]) -> Request:
         receipt=data["receipt"],
         export_counts=data["export_counts"],
         confirmations={service: set(s) for service, s in data["confirmations"].items()},
+        rows_purged=dict(data.get("rows_purged", {})),
     )
 
 
