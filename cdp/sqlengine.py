@@ -180,16 +180,13 @@ def checkpoint_wal(
         raw = engine.raw_connection()  # the pool's connections run in autocommit: no transaction is open
         try:
             cursor = raw.cursor()
-            (usual,) = cursor.execute("PRAGMA busy_timeout").fetchone()
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
             try:
-                busy, frames, done = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                busy, frames, done = truncate_wal(cursor, busy_ms)
             finally:
-                cursor.execute(f"PRAGMA busy_timeout = {int(usual)}")
                 cursor.close()
         finally:
             raw.close()
-        if busy == 0:  # (0, 0, 0) once the WAL is empty; (0, -1, -1) for a file not in WAL mode
+        if busy == 0:
             return True
     log.warning(
         "sqlite_wal_checkpoint_incomplete",
@@ -200,6 +197,24 @@ def checkpoint_wal(
         checkpointed=done,
     )
     return False
+
+
+def truncate_wal(connection: Any, wait_ms: int) -> tuple[int, int, int]:
+    """One `PRAGMA wal_checkpoint(TRUNCATE)` on a DB-API SQLite connection or cursor, waiting up to `wait_ms` for
+    readers of older snapshots (its own busy timeout is put back afterwards): SQLite's (busy, WAL frames,
+    frames checkpointed). `busy` is 0 once every frame is folded in and the WAL emptied ((0, 0, 0); (0, -1, -1)
+    for a file not in WAL mode); a checkpoint refused as locked or busy answers (1, -1, -1)."""
+    (usual,) = connection.execute("PRAGMA busy_timeout").fetchone()
+    connection.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+    try:
+        busy, frames, done = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+        return 1, -1, -1
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {int(usual)}")
+    return int(busy), int(frames), int(done)
 
 
 def enable_wal(connection: Any, timeout: float) -> None:

@@ -61,7 +61,7 @@ from cdp.eventlog.port import (
     naming_terms,
     stream_category,
 )
-from cdp.sqlengine import enable_wal
+from cdp.sqlengine import enable_wal, truncate_wal
 
 T = TypeVar("T")
 
@@ -449,18 +449,10 @@ def _erase_events(conn: sqlite3.Connection, changes: Mapping[uuid.UUID, bytes | 
     return conn.total_changes - before
 
 
-def _checkpoint(conn: sqlite3.Connection, wait: float, busy_timeout: float) -> bool:
+def _checkpoint(conn: sqlite3.Connection, wait: float) -> bool:
     """Copy the whole WAL into the database and truncate it; False when readers still hold it after `wait`."""
-    conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-    try:
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    except sqlite3.OperationalError as error:
-        if "locked" not in str(error) and "busy" not in str(error):
-            raise
-        busy = 1
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    return bool(busy == 0)
+    busy, _, _ = truncate_wal(conn, int(wait * 1000))
+    return busy == 0
 
 
 def _set_metadata(conn: sqlite3.Connection, stream: str, metadata: StreamMetadata) -> None:
@@ -718,7 +710,7 @@ class SQLiteEventStore(EventStore):
         while True:
             attempts += 1
             wait = max(0.0, min(0.2, deadline - time.monotonic()))
-            if await self._run(self._writer, _checkpoint, wait, self._busy_timeout):
+            if await self._run(self._writer, _checkpoint, wait):
                 return True
             if time.monotonic() >= deadline:
                 log.warning(
