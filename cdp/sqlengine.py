@@ -144,6 +144,11 @@ def ping(engine: Engine) -> None:
         connection.execute(text("SELECT 1"))
 
 
+def rows_deleted(result: Any) -> int:
+    """How many rows a DELETE's result says went (0 where the driver cannot tell, which reports -1 or None)."""
+    return max(0, getattr(result, "rowcount", 0) or 0)
+
+
 def scrub(engine: Engine, tables: Iterable[Table | str] = ()) -> bool:
     """After a purge committed, make the deleted rows physically go; False if SQLite's WAL could not be emptied.
 

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from cdp.sqlengine import chunks
+from cdp.sqlengine import chunks, rows_deleted
 from services.identity.domain.decisions import Decision, Linked, Merged, Rejected, Split, decided_at
 from services.identity.domain.graph import Graph, Link, Node
 from services.identity.domain.history import EPOCH, History, fold, micros
@@ -501,7 +501,7 @@ def _delete(table: Table, key: Any, ids: Sequence[str]) -> list[Step]:
 
 def _execute(statement: Any) -> Step:
     def step(session: Session) -> int:
-        return max(0, getattr(session.execute(statement), "rowcount", 0) or 0)
+        return rows_deleted(session.execute(statement))
 
     return step
 

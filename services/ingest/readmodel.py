@@ -29,7 +29,7 @@ from cdp.events import (
     from_recorded,
 )
 from cdp.reactor.purge import Purges
-from cdp.sqlengine import read_only
+from cdp.sqlengine import read_only, rows_deleted
 
 metadata = MetaData()
 
@@ -113,7 +113,7 @@ class IngestState:
         deleted = session.execute(delete(consent_state).where(consent_state.c.subject_id == event.subject_id))
         self._on_erased(event.subject_id)
         if self._purges is not None:
-            self._purges.record(session, recorded, event, max(0, getattr(deleted, "rowcount", 0) or 0))
+            self._purges.record(session, recorded, event, rows_deleted(deleted))
 
     def consent_of(self, subject_ids: Iterable[str]) -> dict[str, dict[str, bool]]:
         """The consent last recorded for these subjects (only asked for messages that state consent)."""

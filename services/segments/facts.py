@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, delete, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
-from cdp.sqlengine import chunks
+from cdp.sqlengine import chunks, rows_deleted
 from services.segments import tables as t
 from services.segments.domain.conditions import EventNeeds
 from services.segments.domain.evaluate import EventFact, ProfileFacts
@@ -188,6 +188,5 @@ def purge_profile(session: Session, profile_id: str) -> int:
     subjects that still hold them: call after moving those); how many rows went."""
     deleted = 0
     for table in (t.trait_leaves, t.computed_leaves, t.computed, t.profile_consent, t.profiles):
-        result = session.execute(delete(table).where(table.c.profile_id == profile_id))
-        deleted += max(0, getattr(result, "rowcount", 0) or 0)
+        deleted += rows_deleted(session.execute(delete(table).where(table.c.profile_id == profile_id)))
     return deleted

@@ -47,7 +47,7 @@ from cdp.keyring import DecryptionFailed, Keyring, decrypt_value_with
 from cdp.keyring import SubjectErased as KeyErased
 from cdp.reactor import Policy, derived_id
 from cdp.reactor.purge import Purges
-from cdp.sqlengine import chunks, read_only
+from cdp.sqlengine import chunks, read_only, rows_deleted
 from services.segments import facts as f
 from services.segments import sqlcompile
 from services.segments import tables as t
@@ -499,7 +499,7 @@ class Segmentation(Policy):
 
         def run(statement: Any) -> None:
             nonlocal deleted
-            deleted += max(0, getattr(session.execute(statement), "rowcount", 0) or 0)
+            deleted += rows_deleted(session.execute(statement))
 
         for part in chunks(sorted(subjects)):
             positions = list(
